@@ -1,0 +1,56 @@
+"""optax_muon: Muon-family optimizers as composable Optax transformations."""
+
+from optax_muon._aliases import (
+    adamuon,
+    mommuon,
+    muon,
+    normuon,
+    ogsignmuon,
+    static_args,
+)
+from optax_muon._labels import EMBEDDING_NAMES, HEAD_NAMES, muon_labels
+from optax_muon._matrix import MatrixView, matrix_view
+from optax_muon._newton_schulz import ns_coefficients, ns_flops, orthogonalize
+from optax_muon._skeleton import ScaleByMuonState
+from optax_muon._variants import (
+    ScaleByAdaMuonState,
+    ScaleByMomMuonState,
+    ScaleByNorMuonState,
+    inverse_sqrt,
+    scale_by_adamuon,
+    scale_by_mommuon,
+    scale_by_muon,
+    scale_by_normuon,
+    scale_by_ogsignmuon,
+)
+from optax_muon._weight_decay import add_cautious_decayed_weights
+
+__version__ = "0.1.0"
+
+__all__ = (
+    "EMBEDDING_NAMES",
+    "HEAD_NAMES",
+    "MatrixView",
+    "ScaleByAdaMuonState",
+    "ScaleByMomMuonState",
+    "ScaleByMuonState",
+    "ScaleByNorMuonState",
+    "adamuon",
+    "add_cautious_decayed_weights",
+    "inverse_sqrt",
+    "matrix_view",
+    "mommuon",
+    "muon",
+    "muon_labels",
+    "normuon",
+    "ns_coefficients",
+    "ns_flops",
+    "ogsignmuon",
+    "orthogonalize",
+    "scale_by_adamuon",
+    "scale_by_mommuon",
+    "scale_by_muon",
+    "scale_by_normuon",
+    "scale_by_ogsignmuon",
+    "static_args",
+)

@@ -1,0 +1,466 @@
+"""The Muon family's direction functions and their ``scale_by_*`` transforms.
+
+Each variant only says how a stack of momentum matrices becomes a stack of
+update directions (and what extra state that needs); momentum, the matrix
+view, stacking, sharding and the shape scale live in ``_skeleton``.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.typing import DTypeLike
+
+from optax_muon import _matrix, _skeleton
+from optax_muon import _newton_schulz as ns
+from optax_muon._skeleton import ScaleByMuonState
+
+_COMMON_ARGS_DOC = """momentum: EMA coefficient ``beta`` of the momentum buffer.
+    nesterov: use the Nesterov form ``(1 - beta) g + beta buf``.
+    ns_steps: Newton–Schulz steps.
+    ns_coeffs: ``"quintic"``, ``"polar_express"`` or a table of
+      ``(a, b, c)`` rows; see :func:`optax_muon.orthogonalize`.
+    ns_dtype: compute dtype of Newton–Schulz; ``None`` is float32 on CPU and
+      bfloat16 (float32 accumulation) on GPU/TPU.
+    shape_scale: ``"spectral"`` (``sqrt(max(1, fan_out / fan_in))``, the
+      reference Muon), ``"rms"`` (``0.2 sqrt(max(fan_in, fan_out))``,
+      Moonlight: update RMS about 0.2, so AdamW's learning rate and weight
+      decay transfer) or ``"none"``.
+    mu_dtype: dtype of the momentum buffer; ``None`` is the param's dtype
+      promoted to at least float32.
+    batch_axes: axes of a leaf that index separate matrices (stacked or
+      scanned layers): ``None``, axes for every leaf, or a function
+      ``(path, leaf) -> axes``.
+    ns_mesh_axis: a mesh axis name (or tuple of names) to split the stacked
+      matrices over, so each device orthogonalises only its share.
+    mesh: the mesh for ``ns_mesh_axis``; ``None`` uses the ambient mesh."""
+
+
+def _check_ns(ns_steps, ns_coeffs):
+  ns.ns_coefficients(ns_coeffs, ns_steps)  # raises early on bad input
+  return int(ns_steps)
+
+
+# ----------------------------------------------------------------- Muon ----
+
+
+def _muon_direction(m, states, count, transposed, *, ns_kwargs):
+  del count, transposed
+  return ns.orthogonalize(m, **ns_kwargs), states
+
+
+def scale_by_muon(
+    momentum: float = 0.95,
+    *,
+    nesterov: bool = True,
+    ns_steps: int = 5,
+    ns_coeffs: ns.NsCoeffs = "quintic",
+    ns_dtype: DTypeLike | None = None,
+    shape_scale: str = "spectral",
+    mu_dtype: DTypeLike | None = None,
+    batch_axes: _matrix.BatchAxes = None,
+    ns_mesh_axis: _skeleton.MeshAxis = None,
+    mesh: jax.sharding.Mesh | None = None,
+) -> optax.GradientTransformation:
+  r"""Muon's direction: orthogonalised momentum times the shape scale.
+
+  For every leaf (seen as ``(fan_in, fan_out)`` matrices)::
+
+    buf = beta * buf + (1 - beta) * g
+    M = (1 - beta) * g + beta * buf        (nesterov)
+    u = orthogonalize(M) * s
+
+  Every leaf it is given must be a floating matrix (or a stack of them);
+  route the rest elsewhere, e.g. with :func:`optax_muon.muon`.
+
+  References:
+    Jordan et al., "Muon: An optimizer for hidden layers in neural
+    networks", 2024. https://kellerjordan.github.io/posts/muon/
+
+  Args:
+    {common}
+
+  Returns:
+    A ``GradientTransformation`` whose state is :class:`ScaleByMuonState`.
+  """
+  ns_steps = _check_ns(ns_steps, ns_coeffs)
+  variant = _skeleton.Variant(
+      name="muon", state_cls=ScaleByMuonState,
+      direction=functools.partial(_muon_direction, ns_kwargs=dict(
+          ns_steps=ns_steps, ns_coeffs=ns_coeffs, dtype=ns_dtype)))
+  return _skeleton.scale_by_muon_family(
+      variant, momentum=momentum, nesterov=nesterov, shape_scale=shape_scale,
+      mu_dtype=mu_dtype, batch_axes=batch_axes, ns_mesh_axis=ns_mesh_axis,
+      mesh=mesh)
+
+
+# -------------------------------------------------------------- AdaMuon ----
+
+
+class ScaleByAdaMuonState(NamedTuple):
+  """State of :func:`scale_by_adamuon`."""
+  count: jax.Array
+  mu: optax.Updates
+  nu: optax.Updates  # per matrix: EMA of ||M||_F^2, shape = batch axes
+
+
+def _adamuon_direction(m, states, count, transposed, *, beta2, eps,
+                       bias_correction, ns_kwargs):
+  del transposed
+  (nu,) = states
+  norm = ns.frobenius_norm(m)[..., 0, 0]
+  nu = beta2 * nu + (1 - beta2) * jnp.square(norm)
+  nu_hat = optax.tree.bias_correction(nu, beta2, count) if (
+      bias_correction) else nu
+  factor = norm / (jnp.sqrt(nu_hat) + eps)
+  d = ns.orthogonalize(m, **ns_kwargs) * factor[:, None, None]
+  return d, (nu,)
+
+
+def scale_by_adamuon(
+    momentum: float = 0.95,
+    *,
+    beta2: float = 0.995,
+    eps: float = 1e-8,
+    bias_correction: bool = True,
+    nesterov: bool = True,
+    ns_steps: int = 5,
+    ns_coeffs: ns.NsCoeffs = "quintic",
+    ns_dtype: DTypeLike | None = None,
+    shape_scale: str = "spectral",
+    mu_dtype: DTypeLike | None = None,
+    batch_axes: _matrix.BatchAxes = None,
+    ns_mesh_axis: _skeleton.MeshAxis = None,
+    mesh: jax.sharding.Mesh | None = None,
+) -> optax.GradientTransformation:
+  r"""AdaMuon: Muon scaled by a NovoGrad-style second moment per matrix.
+
+  One scalar per matrix, an EMA of the squared Frobenius norm of the
+  momentum; the orthogonalised update grows or shrinks with how large the
+  current momentum is against that running RMS::
+
+    n = ||M||_F
+    v = beta2 * v + (1 - beta2) * n^2
+    v_hat = v / (1 - beta2^t)          (bias_correction)
+    u = orthogonalize(M) * n / (sqrt(v_hat) + eps) * s
+
+  Departures from the seed's code (MuonVariants): the seed has no bias
+  correction, which makes the first updates about ``1/sqrt(1 - beta2)``
+  (14x) too large -- ``bias_correction=False`` restores it; and the seed
+  rescales the update to unit Frobenius norm, which makes its step about
+  ``sqrt(min(m, n))`` times smaller than Muon's at the same learning rate --
+  here the factor multiplies Muon's own update, so Muon's learning rate
+  transfers.
+
+  References:
+    Ginsburg et al., "Stochastic Gradient Methods with Layer-wise Adaptive
+    Moments for Training of Deep Networks" (NovoGrad), 2019.
+    https://arxiv.org/abs/1905.11286
+
+  Args:
+    momentum: EMA coefficient of the momentum buffer.
+    beta2: EMA coefficient of the squared-norm second moment.
+    eps: added to ``sqrt(v_hat)``.
+    bias_correction: divide ``v`` by ``1 - beta2^t``.
+    {common_rest}
+
+  Returns:
+    A ``GradientTransformation`` whose state is :class:`ScaleByAdaMuonState`.
+  """
+  ns_steps = _check_ns(ns_steps, ns_coeffs)
+  if not isinstance(bias_correction, bool):
+    raise ValueError(f"bias_correction must be a bool, got {bias_correction!r}")
+
+  def init_leaf(view, dtype):
+    return (jnp.zeros(view.batch_shape, jnp.float32),)
+
+  variant = _skeleton.Variant(
+      name="adamuon", state_cls=ScaleByAdaMuonState, init_leaf=init_leaf,
+      direction=functools.partial(
+          _adamuon_direction, beta2=beta2, eps=eps,
+          bias_correction=bias_correction, ns_kwargs=dict(
+              ns_steps=ns_steps, ns_coeffs=ns_coeffs, dtype=ns_dtype)))
+  return _skeleton.scale_by_muon_family(
+      variant, momentum=momentum, nesterov=nesterov, shape_scale=shape_scale,
+      mu_dtype=mu_dtype, batch_axes=batch_axes, ns_mesh_axis=ns_mesh_axis,
+      mesh=mesh)
+
+
+# -------------------------------------------------------------- MomMuon ----
+
+
+class ScaleByMomMuonState(NamedTuple):
+  """State of :func:`scale_by_mommuon`."""
+  count: jax.Array
+  mu: optax.Updates
+  # per matrix: the running whitening preconditioner at the matrix's small
+  # side, shape = batch axes + (k, k), k = min(fan_in, fan_out)
+  precond: optax.Updates
+
+
+def inverse_sqrt(y: jax.Array, ns_steps: int, dtype=None) -> jax.Array:
+  """``~ Y^{-1/2}`` by the coupled Newton–Schulz iteration of SWAN.
+
+  Starting from ``Z = I``: ``T = 3 I - Z Y;  Y = T Y / 2;  Z = T Z / 2``,
+  ``ns_steps`` times. Converges for eigenvalues of ``Y`` in ``(0, 3)``; an
+  eigenvalue near 0 grows ``Z`` by at most ``1.5`` per step.
+
+  References:
+    Ma et al., "SWAN: SGD with Normalization and Whitening Enables
+    Stateless LLM Training", 2024. https://arxiv.org/abs/2412.13148
+  """
+  cdtype = jnp.dtype(dtype) if dtype is not None else ns.default_ns_dtype()
+  k = y.shape[-1]
+  eye = jnp.eye(k, dtype=jnp.float32)
+  y = y.astype(jnp.float32)
+  z = jnp.broadcast_to(eye, y.shape)
+  for _ in range(ns_steps):
+    t = 3 * eye - ns._matmul(z.astype(cdtype), y.astype(cdtype))
+    tc = t.astype(cdtype)
+    y = 0.5 * ns._matmul(y.astype(cdtype), tc)
+    z = 0.5 * ns._matmul(tc, z.astype(cdtype))
+  return z
+
+
+def _mommuon_direction(m, states, count, transposed, *, ns_steps, ns_every,
+                       ns_beta, ns_dtype):
+  del transposed
+  (precond,) = states
+  g_n = ns.normalize_frobenius(m, 1e-7)
+
+  def refresh(p):
+    gram = ns._matmul(g_n, jnp.swapaxes(g_n, -1, -2))
+    z = inverse_sqrt(gram, ns_steps, ns_dtype)
+    first = count == 1
+    return jnp.where(first, z, ns_beta * p + (1 - ns_beta) * z).astype(
+        p.dtype)
+
+  if ns_every == 1:
+    precond = refresh(precond)
+  else:
+    due = count == 1
+    if ns_every > 0:
+      due = due | ((count - 1) % ns_every == 0)
+    precond = jax.lax.cond(due, refresh, lambda p: p, precond)
+  return ns._matmul(precond, g_n), (precond,)
+
+
+def scale_by_mommuon(
+    momentum: float = 0.95,
+    *,
+    ns_steps: int = 15,
+    ns_every: int = 1,
+    ns_beta: float = 0.9,
+    nesterov: bool = True,
+    ns_dtype: DTypeLike | None = None,
+    shape_scale: str = "spectral",
+    mu_dtype: DTypeLike | None = None,
+    batch_axes: _matrix.BatchAxes = None,
+    ns_mesh_axis: _skeleton.MeshAxis = None,
+    mesh: jax.sharding.Mesh | None = None,
+) -> optax.GradientTransformation:
+  r"""MomMuon: a running average of a Newton–Schulz whitening preconditioner.
+
+  Newton–Schulz can produce the whitening preconditioner
+  ``Z ~ (G_n G_n^T)^{-1/2}`` instead of the orthogonalised gradient (SWAN's
+  GradWhitening); that matrix is averaged over time and refreshed only every
+  ``ns_every`` steps, so the steps in between cost one small matmul::
+
+    G_n = M / ||M||_F
+    on a refresh step (t = 1, or (t - 1) % ns_every == 0):
+      Z = inverse_sqrt(G_n G_n^T, ns_steps)      (small side of G_n)
+      P = Z  (first refresh)   else   ns_beta * P + (1 - ns_beta) * Z
+    u = P G_n * s
+
+  ``ns_every=0`` refreshes only on the first step. The refresh runs under
+  ``lax.cond``: steps that do not refresh run no Newton–Schulz.
+
+  Departures from the seed's code (MuonVariants): the seed crashes on its
+  first step (an unbound index); it applies ``P`` to the unnormalised
+  momentum, so its step grows with the gradient (here ``G_n`` has unit
+  Frobenius norm); and it always whitens the row side, which blows up by
+  ``1.5^ns_steps`` on tall matrices (here the preconditioner lives at the
+  small side, ``k x k`` with ``k = min(fan_in, fan_out)``).
+
+  References:
+    Ma et al., "SWAN: SGD with Normalization and Whitening Enables
+    Stateless LLM Training", 2024. https://arxiv.org/abs/2412.13148
+
+  Args:
+    momentum: EMA coefficient of the momentum buffer.
+    ns_steps: steps of the coupled inverse-square-root iteration.
+    ns_every: refresh the preconditioner every this many steps (0: only on
+      the first step).
+    ns_beta: EMA coefficient of the preconditioner average (0: use the fresh
+      whitening at every refresh).
+    {common_rest_no_coeffs}
+
+  Returns:
+    A ``GradientTransformation`` whose state is :class:`ScaleByMomMuonState`.
+  """
+  ns_steps = ns._static_int(ns_steps, "ns_steps")
+  ns_every = ns._static_int(ns_every, "ns_every")
+  if ns_steps < 1 or ns_every < 0:
+    raise ValueError(
+        f"Need ns_steps >= 1 and ns_every >= 0, got {ns_steps}, {ns_every}.")
+
+  def init_leaf(view, dtype):
+    k = view.small_side
+    return (jnp.zeros(view.batch_shape + (k, k), jnp.float32),)
+
+  variant = _skeleton.Variant(
+      name="mommuon", state_cls=ScaleByMomMuonState, init_leaf=init_leaf,
+      direction=functools.partial(
+          _mommuon_direction, ns_steps=ns_steps, ns_every=ns_every,
+          ns_beta=ns_beta, ns_dtype=ns_dtype))
+  return _skeleton.scale_by_muon_family(
+      variant, momentum=momentum, nesterov=nesterov, shape_scale=shape_scale,
+      mu_dtype=mu_dtype, batch_axes=batch_axes, ns_mesh_axis=ns_mesh_axis,
+      mesh=mesh)
+
+
+# ----------------------------------------------------------- OGSignMuon ----
+
+
+def _ogsign_direction(m, states, count, transposed, *, ns_kwargs):
+  del count, transposed
+  o = ns.orthogonalize(m, **ns_kwargs)
+  return jnp.abs(o) * jnp.sign(m), states
+
+
+def scale_by_ogsignmuon(
+    momentum: float = 0.95,
+    *,
+    nesterov: bool = True,
+    ns_steps: int = 5,
+    ns_coeffs: ns.NsCoeffs = "quintic",
+    ns_dtype: DTypeLike | None = None,
+    shape_scale: str = "spectral",
+    mu_dtype: DTypeLike | None = None,
+    batch_axes: _matrix.BatchAxes = None,
+    ns_mesh_axis: _skeleton.MeshAxis = None,
+    mesh: jax.sharding.Mesh | None = None,
+) -> optax.GradientTransformation:
+  r"""OGSignMuon: Muon's magnitudes with the momentum's signs.
+
+  After orthogonalising, keep the magnitudes and restore the signs of the
+  momentum that went in (``sign(0) = 0``)::
+
+    O = orthogonalize(M);   u = |O| * sign(M) * s
+
+  References:
+    MuonVariants (the seed of this project), after Jordan et al., 2024.
+
+  Args:
+    {common}
+
+  Returns:
+    A ``GradientTransformation`` whose state is :class:`ScaleByMuonState`.
+  """
+  ns_steps = _check_ns(ns_steps, ns_coeffs)
+  variant = _skeleton.Variant(
+      name="ogsignmuon", state_cls=ScaleByMuonState,
+      direction=functools.partial(_ogsign_direction, ns_kwargs=dict(
+          ns_steps=ns_steps, ns_coeffs=ns_coeffs, dtype=ns_dtype)))
+  return _skeleton.scale_by_muon_family(
+      variant, momentum=momentum, nesterov=nesterov, shape_scale=shape_scale,
+      mu_dtype=mu_dtype, batch_axes=batch_axes, ns_mesh_axis=ns_mesh_axis,
+      mesh=mesh)
+
+
+# -------------------------------------------------------------- NorMuon ----
+
+
+class ScaleByNorMuonState(NamedTuple):
+  """State of :func:`scale_by_normuon`."""
+  count: jax.Array
+  mu: optax.Updates
+  nu: optax.Updates  # per output neuron: EMA of the update's mean square
+
+
+def _normuon_direction(m, states, count, transposed, *, beta2, ns_kwargs):
+  del count
+  (nu,) = states
+  o = ns.orthogonalize(m, **ns_kwargs)
+  # Output neurons are the fan_out axis: columns of (fan_in, fan_out), rows
+  # of the transposed canonical matrix.
+  fan_in_axis = -1 if transposed else -2
+  nu = beta2 * nu + (1 - beta2) * jnp.mean(jnp.square(o), axis=fan_in_axis)
+  scaled = o / (jnp.expand_dims(jnp.sqrt(nu), fan_in_axis) + 1e-10)
+  o_norm = ns.frobenius_norm(o)
+  s_norm = ns.frobenius_norm(scaled)
+  ratio = o_norm / jnp.where(s_norm > 0, s_norm, jnp.ones_like(s_norm))
+  return scaled * ratio, (nu,)
+
+
+def scale_by_normuon(
+    momentum: float = 0.95,
+    *,
+    beta2: float = 0.95,
+    nesterov: bool = True,
+    ns_steps: int = 5,
+    ns_coeffs: ns.NsCoeffs = "quintic",
+    ns_dtype: DTypeLike | None = None,
+    shape_scale: str = "spectral",
+    mu_dtype: DTypeLike | None = None,
+    batch_axes: _matrix.BatchAxes = None,
+    ns_mesh_axis: _skeleton.MeshAxis = None,
+    mesh: jax.sharding.Mesh | None = None,
+) -> optax.GradientTransformation:
+  r"""NorMuon: Muon with per-output-neuron second-moment normalisation.
+
+  After orthogonalising, an EMA of each output neuron's mean-square update
+  (in the Flax layout a column: the mean over fan-in) normalises the update,
+  whose Frobenius norm is then restored::
+
+    O = orthogonalize(M)
+    v = beta2 * v + (1 - beta2) * mean_{fan_in}(O^2)
+    O' = O / (sqrt(v) + 1e-10);   u = O' * ||O||_F / ||O'||_F * s
+
+  References:
+    Li et al., "NorMuon: Making Muon more efficient and scalable", 2025.
+    https://arxiv.org/abs/2510.05491
+
+  Args:
+    momentum: EMA coefficient of the momentum buffer.
+    beta2: EMA coefficient of the per-neuron second moment.
+    {common_rest}
+
+  Returns:
+    A ``GradientTransformation`` whose state is :class:`ScaleByNorMuonState`.
+  """
+  ns_steps = _check_ns(ns_steps, ns_coeffs)
+
+  def init_leaf(view, dtype):
+    return (jnp.zeros(view.batch_shape + (view.fan_out,), jnp.float32),)
+
+  variant = _skeleton.Variant(
+      name="normuon", state_cls=ScaleByNorMuonState, init_leaf=init_leaf,
+      orientation_matters=True,
+      direction=functools.partial(_normuon_direction, beta2=beta2, ns_kwargs=dict(
+          ns_steps=ns_steps, ns_coeffs=ns_coeffs, dtype=ns_dtype)))
+  return _skeleton.scale_by_muon_family(
+      variant, momentum=momentum, nesterov=nesterov, shape_scale=shape_scale,
+      mu_dtype=mu_dtype, batch_axes=batch_axes, ns_mesh_axis=ns_mesh_axis,
+      mesh=mesh)
+
+
+def _fill_docs():
+  common = _COMMON_ARGS_DOC
+  rest = common.split("\n", 1)[1].lstrip()
+  no_coeffs = "\n".join(
+      line for line in rest.split("\n")
+      if not line.strip().startswith(("ns_steps:", "ns_coeffs:", "(a, b, c)",
+                                      "Newton–Schulz steps"))
+      and "orthogonalize`" not in line)
+  for fn in (scale_by_muon, scale_by_adamuon, scale_by_mommuon,
+             scale_by_ogsignmuon, scale_by_normuon):
+    fn.__doc__ = fn.__doc__.replace("{common}", common).replace(
+        "{common_rest}", rest).replace("{common_rest_no_coeffs}", no_coeffs)
+
+
+_fill_docs()
