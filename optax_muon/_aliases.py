@@ -7,6 +7,11 @@ Each alias is::
        "adamw": optax.adamw(...)},
       labels)
 
+AdamW runs on params and gradients promoted to at least float32
+(:func:`in_float32`): for bfloat16 and float16 params its moments are float32
+(its first moment in ``mu_dtype`` when that is given), like Muon's momentum,
+and its updates come back in the gradients' dtype.
+
 Use with ``optax.inject_hyperparams`` by naming the static arguments:
 ``optax.inject_hyperparams(om.muon, static_args=om.static_args(om.muon))``.
 """
@@ -14,6 +19,7 @@ Use with ``optax.inject_hyperparams`` by naming the static arguments:
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import optax
 from jax.typing import DTypeLike
 
@@ -53,17 +59,47 @@ _ALIAS_ARGS_DOC = """learning_rate: Muon-chain learning rate (a float or a sched
       returns one (name it in ``static_args`` under inject_hyperparams)."""
 
 
+def _promote_to_float32(tree):
+  return jax.tree.map(
+      lambda x: x.astype(jnp.promote_types(x.dtype, jnp.float32))
+      if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+
+
+def in_float32(inner: optax.GradientTransformation
+               ) -> optax.GradientTransformation:
+  """Runs ``inner`` on params and gradients promoted to at least float32 and
+  casts its updates back to the gradients' dtypes.
+
+  Its state is then float32 for bfloat16 and float16 params, as Muon's
+  momentum is. This is what keeps AdamW finite for float16 params: in
+  float16 its ``eps = 1e-8`` rounds to 0, so a gradient small enough for
+  ``g^2`` to underflow gives ``0 / 0``, and ``g^2`` overflows above
+  ``g = 256``.
+  """
+
+  def init_fn(params):
+    return inner.init(_promote_to_float32(params))
+
+  def update_fn(updates, state, params=None):
+    new, state = inner.update(
+        _promote_to_float32(updates), state,
+        None if params is None else _promote_to_float32(params))
+    return jax.tree.map(lambda u, g: u.astype(g.dtype), new, updates), state
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
 def _alias(scale: optax.GradientTransformation, learning_rate, weight_decay,
            cautious_weight_decay, adamw_learning_rate, adamw_b1, adamw_b2,
-           adamw_eps, adamw_weight_decay, param_labels):
+           adamw_eps, adamw_weight_decay, param_labels, mu_dtype=None):
   muon_chain = optax.chain(
       scale,
       _weight_decay.decayed_weights(weight_decay, cautious_weight_decay),
       optax.scale_by_learning_rate(learning_rate),
   )
-  adamw = optax.adamw(
+  adamw = in_float32(optax.adamw(
       adamw_learning_rate, b1=adamw_b1, b2=adamw_b2, eps=adamw_eps,
-      weight_decay=adamw_weight_decay)
+      weight_decay=adamw_weight_decay, mu_dtype=mu_dtype))
   return optax.multi_transform(
       {_labels.MUON: muon_chain, _labels.ADAMW: adamw},
       _labels.resolve_labels(param_labels))
@@ -116,7 +152,8 @@ def muon(
           ns_dtype=ns_dtype, shape_scale=shape_scale, mu_dtype=mu_dtype,
           batch_axes=batch_axes, ns_mesh_axis=ns_mesh_axis, mesh=mesh),
       learning_rate, weight_decay, cautious_weight_decay, adamw_learning_rate,
-      adamw_b1, adamw_b2, adamw_eps, adamw_weight_decay, param_labels)
+      adamw_b1, adamw_b2, adamw_eps, adamw_weight_decay, param_labels,
+      mu_dtype)
 
 
 def adamuon(
@@ -149,7 +186,8 @@ def adamuon(
   Args:
     {alias}
     beta2: EMA coefficient of the per-matrix squared-norm second moment.
-    eps: added to ``sqrt(v_hat)``.
+    eps: relative guard of the division by ``sqrt(v_hat)`` (see
+      :func:`scale_by_adamuon`).
     bias_correction: divide the second moment by ``1 - beta2^t`` (the seed's
       code does not: ``False`` restores it).
     {common}
@@ -164,7 +202,8 @@ def adamuon(
           ns_dtype=ns_dtype, shape_scale=shape_scale, mu_dtype=mu_dtype,
           batch_axes=batch_axes, ns_mesh_axis=ns_mesh_axis, mesh=mesh),
       learning_rate, weight_decay, cautious_weight_decay, adamw_learning_rate,
-      adamw_b1, adamw_b2, adamw_eps, adamw_weight_decay, param_labels)
+      adamw_b1, adamw_b2, adamw_eps, adamw_weight_decay, param_labels,
+      mu_dtype)
 
 
 def mommuon(
@@ -213,7 +252,8 @@ def mommuon(
           mu_dtype=mu_dtype, batch_axes=batch_axes,
           ns_mesh_axis=ns_mesh_axis, mesh=mesh),
       learning_rate, weight_decay, cautious_weight_decay, adamw_learning_rate,
-      adamw_b1, adamw_b2, adamw_eps, adamw_weight_decay, param_labels)
+      adamw_b1, adamw_b2, adamw_eps, adamw_weight_decay, param_labels,
+      mu_dtype)
 
 
 def ogsignmuon(
@@ -254,7 +294,8 @@ def ogsignmuon(
           ns_dtype=ns_dtype, shape_scale=shape_scale, mu_dtype=mu_dtype,
           batch_axes=batch_axes, ns_mesh_axis=ns_mesh_axis, mesh=mesh),
       learning_rate, weight_decay, cautious_weight_decay, adamw_learning_rate,
-      adamw_b1, adamw_b2, adamw_eps, adamw_weight_decay, param_labels)
+      adamw_b1, adamw_b2, adamw_eps, adamw_weight_decay, param_labels,
+      mu_dtype)
 
 
 def normuon(
@@ -297,7 +338,8 @@ def normuon(
           mu_dtype=mu_dtype, batch_axes=batch_axes,
           ns_mesh_axis=ns_mesh_axis, mesh=mesh),
       learning_rate, weight_decay, cautious_weight_decay, adamw_learning_rate,
-      adamw_b1, adamw_b2, adamw_eps, adamw_weight_decay, param_labels)
+      adamw_b1, adamw_b2, adamw_eps, adamw_weight_decay, param_labels,
+      mu_dtype)
 
 
 def _fill_docs():

@@ -78,6 +78,16 @@ def momentum_dtype(leaf_dtype, mu_dtype: DTypeLike | None) -> jnp.dtype:
   return jnp.promote_types(leaf_dtype, jnp.float32)
 
 
+def _ema_step(buf: jax.Array, g: jax.Array, beta) -> jax.Array:
+  """``beta * buf + (1 - beta) * g`` in the wider of the two dtypes, stored
+  in the buffer's: a float32 momentum of bfloat16 or float16 gradients does
+  not round ``(1 - beta) g`` to the gradient's precision (nor underflow it,
+  for float16 gradients below about 1e-3)."""
+  acc = jnp.promote_types(buf.dtype, g.dtype)
+  return (beta * buf.astype(acc) + (1 - beta) * g.astype(acc)).astype(
+      buf.dtype)
+
+
 def _resolve_mesh_axis(ns_mesh_axis: MeshAxis, mesh):
   """Returns ``(mesh, axes, size)`` for splitting stacks, or ``None``."""
   if ns_mesh_axis is None:
@@ -151,8 +161,7 @@ def scale_by_muon_family(
     count = optax.safe_increment(state.count)
     beta = jnp.asarray(momentum)
     mu = jax.tree.map(
-        lambda g, m: (beta * m + (1 - beta) * g).astype(m.dtype),
-        updates, state.mu)
+        lambda g, m: _ema_step(m, g, beta), updates, state.mu)
     if nesterov:
       m_tree = jax.tree.map(
           lambda g, m: (1 - beta) * g.astype(jnp.float32) + beta * m,
