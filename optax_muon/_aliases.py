@@ -38,6 +38,11 @@ def static_args(alias) -> tuple[str, ...]:
 
   Example: ``optax.inject_hyperparams(om.mommuon,
   static_args=om.static_args(om.mommuon))(learning_rate=0.02)``.
+
+  With bfloat16 or float16 params also pass
+  ``hyperparam_dtype=jnp.float32``: by default ``inject_hyperparams`` stores
+  every hyperparameter in the params' dtype, which turns ``momentum=0.95``
+  into 0.9492 and ``beta2=0.995`` into 0.9961 in bfloat16.
   """
   import inspect
   params = inspect.signature(alias).parameters
@@ -342,10 +347,30 @@ def normuon(
       mu_dtype)
 
 
+_ROBUSTNESS_DOC = """\
+  Non-finite gradients: a NaN or inf in a Muon leaf's gradient makes that
+  leaf's update NaN and stays in its momentum, so every later update of the
+  leaf is NaN too (other leaves, even ones batched with it, are not
+  affected). To skip such steps wrap the optimizer:
+  ``optax.apply_if_finite(om.muon(...), max_consecutive_errors=k)`` leaves
+  the whole state untouched on a step whose gradients are not all finite, so
+  the next finite step is exactly that of a run that never saw it.
+
+  Dtypes and checkpoints: updates come in the gradients' dtype. For
+  bfloat16 and float16 params the momentum (and AdamW's moments) is float32
+  unless ``mu_dtype`` is given. The state's dtypes and shapes never change,
+  so a jitted update compiles once, and the state is a pytree of arrays:
+  ``orbax.checkpoint.StandardCheckpointer`` saves and restores it as it is
+  (restore against ``jax.eval_shape`` of ``init``).
+
+"""
+
+
 def _fill_docs():
   for fn in (muon, adamuon, mommuon, ogsignmuon, normuon):
     fn.__doc__ = fn.__doc__.replace("{alias}", _ALIAS_ARGS_DOC).replace(
-        "{common}", _variants._COMMON_ARGS_DOC)
+        "{common}", _variants._COMMON_ARGS_DOC).replace(
+            "  Args:\n", _ROBUSTNESS_DOC + "  Args:\n", 1)
 
 
 _fill_docs()

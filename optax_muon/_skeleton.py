@@ -132,6 +132,15 @@ def scale_by_muon_family(
     M = (1 - momentum) * g + momentum * buf   if nesterov   else   buf
 
   then ``u = direction(M) * shape_scale`` per matrix.
+
+  The buffer is kept in ``mu_dtype`` (default: the leaf's dtype promoted to
+  at least float32) and the EMA is computed in the wider of that and the
+  gradient's dtype; the update is cast to the gradient's dtype. Every
+  direction is invariant to the scale of ``M``: the update is the same for
+  gradients ``g`` and ``c g`` (``c`` from 1e-30 to 1e30 in float32), zero for
+  zero gradients, and finite for finite gradients. A non-finite gradient
+  entry makes its leaf's update NaN and stays in the buffer (use
+  ``optax.apply_if_finite``); other leaves are not affected.
   """
   if shape_scale not in _matrix.SHAPE_SCALES:
     raise ValueError(

@@ -510,3 +510,14 @@ def test_float32_momentum_of_low_precision_gradients_is_exact(dtype):
   assert state.mu["w"].dtype == jnp.float32
   np.testing.assert_allclose(np.asarray(state.mu["w"]), buf, rtol=1e-6,
                              atol=1e-6 * np.abs(buf).max())
+
+
+def test_zero_leaf_batched_with_others_does_not_change_them():
+  params = {"a": jnp.zeros((4, 6)), "b": jnp.zeros((4, 6))}
+  g = _grads(params, 0)
+  with_zero = dict(g, a=jnp.zeros((4, 6)))
+  for name in VARIANTS:
+    (u,), _ = _run(name, params, [with_zero])
+    (ref,), _ = _run(name, {"b": params["b"]}, [{"b": g["b"]}])
+    chex.assert_trees_all_equal(u["a"], jnp.zeros((4, 6)))
+    chex.assert_trees_all_close(u["b"], ref["b"], rtol=1e-6, atol=1e-8)
