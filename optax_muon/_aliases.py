@@ -7,6 +7,11 @@ Each alias is::
        "adamw": optax.adamw(...)},
       labels)
 
+AdamW runs on params and gradients promoted to at least float32
+(:func:`in_float32`): for bfloat16 and float16 params its moments are float32
+(its first moment in ``mu_dtype`` when that is given), like Muon's momentum,
+and its updates come back in the gradients' dtype.
+
 Use with ``optax.inject_hyperparams`` by naming the static arguments:
 ``optax.inject_hyperparams(om.muon, static_args=om.static_args(om.muon))``.
 """
@@ -14,6 +19,7 @@ Use with ``optax.inject_hyperparams`` by naming the static arguments:
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import optax
 from jax.typing import DTypeLike
 
@@ -32,6 +38,11 @@ def static_args(alias) -> tuple[str, ...]:
 
   Example: ``optax.inject_hyperparams(om.mommuon,
   static_args=om.static_args(om.mommuon))(learning_rate=0.02)``.
+
+  With bfloat16 or float16 params also pass
+  ``hyperparam_dtype=jnp.float32``: by default ``inject_hyperparams`` stores
+  every hyperparameter in the params' dtype, which turns ``momentum=0.95``
+  into 0.9492 and ``beta2=0.995`` into 0.9961 in bfloat16.
   """
   import inspect
   params = inspect.signature(alias).parameters
@@ -53,17 +64,47 @@ _ALIAS_ARGS_DOC = """learning_rate: Muon-chain learning rate (a float or a sched
       returns one (name it in ``static_args`` under inject_hyperparams)."""
 
 
+def _promote_to_float32(tree):
+  return jax.tree.map(
+      lambda x: x.astype(jnp.promote_types(x.dtype, jnp.float32))
+      if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+
+
+def in_float32(inner: optax.GradientTransformation
+               ) -> optax.GradientTransformation:
+  """Runs ``inner`` on params and gradients promoted to at least float32 and
+  casts its updates back to the gradients' dtypes.
+
+  Its state is then float32 for bfloat16 and float16 params, as Muon's
+  momentum is. This is what keeps AdamW finite for float16 params: in
+  float16 its ``eps = 1e-8`` rounds to 0, so a gradient small enough for
+  ``g^2`` to underflow gives ``0 / 0``, and ``g^2`` overflows above
+  ``g = 256``.
+  """
+
+  def init_fn(params):
+    return inner.init(_promote_to_float32(params))
+
+  def update_fn(updates, state, params=None):
+    new, state = inner.update(
+        _promote_to_float32(updates), state,
+        None if params is None else _promote_to_float32(params))
+    return jax.tree.map(lambda u, g: u.astype(g.dtype), new, updates), state
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
 def _alias(scale: optax.GradientTransformation, learning_rate, weight_decay,
            cautious_weight_decay, adamw_learning_rate, adamw_b1, adamw_b2,
-           adamw_eps, adamw_weight_decay, param_labels):
+           adamw_eps, adamw_weight_decay, param_labels, mu_dtype=None):
   muon_chain = optax.chain(
       scale,
       _weight_decay.decayed_weights(weight_decay, cautious_weight_decay),
       optax.scale_by_learning_rate(learning_rate),
   )
-  adamw = optax.adamw(
+  adamw = in_float32(optax.adamw(
       adamw_learning_rate, b1=adamw_b1, b2=adamw_b2, eps=adamw_eps,
-      weight_decay=adamw_weight_decay)
+      weight_decay=adamw_weight_decay, mu_dtype=mu_dtype))
   return optax.multi_transform(
       {_labels.MUON: muon_chain, _labels.ADAMW: adamw},
       _labels.resolve_labels(param_labels))
@@ -116,7 +157,8 @@ def muon(
           ns_dtype=ns_dtype, shape_scale=shape_scale, mu_dtype=mu_dtype,
           batch_axes=batch_axes, ns_mesh_axis=ns_mesh_axis, mesh=mesh),
       learning_rate, weight_decay, cautious_weight_decay, adamw_learning_rate,
-      adamw_b1, adamw_b2, adamw_eps, adamw_weight_decay, param_labels)
+      adamw_b1, adamw_b2, adamw_eps, adamw_weight_decay, param_labels,
+      mu_dtype)
 
 
 def adamuon(
@@ -149,7 +191,8 @@ def adamuon(
   Args:
     {alias}
     beta2: EMA coefficient of the per-matrix squared-norm second moment.
-    eps: added to ``sqrt(v_hat)``.
+    eps: relative guard of the division by ``sqrt(v_hat)`` (see
+      :func:`scale_by_adamuon`).
     bias_correction: divide the second moment by ``1 - beta2^t`` (the seed's
       code does not: ``False`` restores it).
     {common}
@@ -164,7 +207,8 @@ def adamuon(
           ns_dtype=ns_dtype, shape_scale=shape_scale, mu_dtype=mu_dtype,
           batch_axes=batch_axes, ns_mesh_axis=ns_mesh_axis, mesh=mesh),
       learning_rate, weight_decay, cautious_weight_decay, adamw_learning_rate,
-      adamw_b1, adamw_b2, adamw_eps, adamw_weight_decay, param_labels)
+      adamw_b1, adamw_b2, adamw_eps, adamw_weight_decay, param_labels,
+      mu_dtype)
 
 
 def mommuon(
@@ -217,7 +261,8 @@ def mommuon(
           mu_dtype=mu_dtype, batch_axes=batch_axes,
           ns_mesh_axis=ns_mesh_axis, mesh=mesh),
       learning_rate, weight_decay, cautious_weight_decay, adamw_learning_rate,
-      adamw_b1, adamw_b2, adamw_eps, adamw_weight_decay, param_labels)
+      adamw_b1, adamw_b2, adamw_eps, adamw_weight_decay, param_labels,
+      mu_dtype)
 
 
 def ogsignmuon(
@@ -258,7 +303,8 @@ def ogsignmuon(
           ns_dtype=ns_dtype, shape_scale=shape_scale, mu_dtype=mu_dtype,
           batch_axes=batch_axes, ns_mesh_axis=ns_mesh_axis, mesh=mesh),
       learning_rate, weight_decay, cautious_weight_decay, adamw_learning_rate,
-      adamw_b1, adamw_b2, adamw_eps, adamw_weight_decay, param_labels)
+      adamw_b1, adamw_b2, adamw_eps, adamw_weight_decay, param_labels,
+      mu_dtype)
 
 
 def normuon(
@@ -301,13 +347,34 @@ def normuon(
           mu_dtype=mu_dtype, batch_axes=batch_axes,
           ns_mesh_axis=ns_mesh_axis, mesh=mesh),
       learning_rate, weight_decay, cautious_weight_decay, adamw_learning_rate,
-      adamw_b1, adamw_b2, adamw_eps, adamw_weight_decay, param_labels)
+      adamw_b1, adamw_b2, adamw_eps, adamw_weight_decay, param_labels,
+      mu_dtype)
+
+
+_ROBUSTNESS_DOC = """\
+  Non-finite gradients: a NaN or inf in a Muon leaf's gradient makes that
+  leaf's update NaN and stays in its momentum, so every later update of the
+  leaf is NaN too (other leaves, even ones batched with it, are not
+  affected). To skip such steps wrap the optimizer:
+  ``optax.apply_if_finite(om.muon(...), max_consecutive_errors=k)`` leaves
+  the whole state untouched on a step whose gradients are not all finite, so
+  the next finite step is exactly that of a run that never saw it.
+
+  Dtypes and checkpoints: updates come in the gradients' dtype. For
+  bfloat16 and float16 params the momentum (and AdamW's moments) is float32
+  unless ``mu_dtype`` is given. The state's dtypes and shapes never change,
+  so a jitted update compiles once, and the state is a pytree of arrays:
+  ``orbax.checkpoint.StandardCheckpointer`` saves and restores it as it is
+  (restore against ``jax.eval_shape`` of ``init``).
+
+"""
 
 
 def _fill_docs():
   for fn in (muon, adamuon, mommuon, ogsignmuon, normuon):
     fn.__doc__ = fn.__doc__.replace("{alias}", _ALIAS_ARGS_DOC).replace(
-        "{common}", _variants._COMMON_ARGS_DOC)
+        "{common}", _variants._COMMON_ARGS_DOC).replace(
+            "  Args:\n", _ROBUSTNESS_DOC + "  Args:\n", 1)
 
 
 _fill_docs()

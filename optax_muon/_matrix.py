@@ -16,6 +16,7 @@ from typing import Any, Union
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 KeyPath = tuple[Any, ...]
 #: ``batch_axes(path, leaf) -> axes``: which axes of a leaf index separate
@@ -114,22 +115,31 @@ class MatrixView:
 def _normalize_axes(spec, ndim: int, where: str) -> tuple[int, ...]:
   if spec is None:
     return ()
-  axes = (spec,) if isinstance(spec, int) else tuple(spec)
+  per_leaf = (" Axes shared by every leaf must fit them all; otherwise pass "
+              "batch_axes=lambda path, leaf: axes, returning None for leaves "
+              "that are single matrices.")
+  try:
+    axes = (spec,) if isinstance(spec, int) else tuple(spec)
+  except TypeError:
+    axes = (spec,)
   out = []
   for a in axes:
-    if not isinstance(a, int) or isinstance(a, bool) or not -ndim <= a < ndim:
+    if (not isinstance(a, (int, np.integer)) or isinstance(a, bool)
+        or not -ndim <= a < ndim):
       raise ValueError(
           f"batch_axes {spec!r} does not fit the leaf at {where} "
-          f"({ndim} dims): give axis indices in [-{ndim}, {ndim}).")
-    out.append(a % ndim)
+          f"({ndim} dims): give axis indices in [-{ndim}, {ndim})."
+          + per_leaf)
+    out.append(int(a) % ndim)
   if len(set(out)) != len(out):
     raise ValueError(
-        f"batch_axes {spec!r} repeats an axis for the leaf at {where}.")
+        f"batch_axes {spec!r} repeats an axis for the leaf at {where}: name "
+        "each batch axis once.")
   if ndim - len(out) < 2:
     raise ValueError(
         f"batch_axes {spec!r} leaves fewer than 2 matrix axes of the leaf at "
         f"{where} with {ndim} dims: a Muon leaf needs (fan_in, fan_out) axes "
-        "besides its batch axes.")
+        "besides its batch axes." + per_leaf)
   return tuple(sorted(out))
 
 

@@ -223,6 +223,18 @@ def orthogonalize(
   ``[0.7, 1.2]`` in 5 steps, ``"polar_express"`` (Amsel et al., 2025) uses a
   minimax-optimal polynomial per step and converges towards 1.
 
+  Measured band with 5 steps, for input whose singular values are all at
+  least ``0.01 ||G||_F`` (e.g. condition number <= 10 and
+  ``min(m, n) <= 100``): with float32 compute, ``"quintic"`` gives singular
+  values in ``[0.68, 1.14]`` and ``"polar_express"`` in ``[0.85, 1.15]``
+  (the scalar maps' own ranges); with ``dtype=jnp.bfloat16`` compute,
+  ``[0.64, 1.16]`` and ``[0.79, 1.15]``. A bfloat16 or float16 output adds
+  its rounding (measured under 0.002 for ``min(m, n) <= 32``). Smaller
+  singular values come out smaller: a singular value ``s`` of the
+  normalised input gives about ``3.44^5 s`` with ``"quintic"``.
+  ``benchmarks/ns_band.py`` measures these bands and
+  ``tests/test_properties.py`` checks them.
+
   ``eps`` guards the division relative to the matrix's largest entry (it is
   divided out first), so the result is the same for ``G`` and ``1e-6 G`` or
   ``1e6 G``, and an all-zero matrix gives zeros. Non-finite input gives

@@ -78,6 +78,16 @@ def momentum_dtype(leaf_dtype, mu_dtype: DTypeLike | None) -> jnp.dtype:
   return jnp.promote_types(leaf_dtype, jnp.float32)
 
 
+def _ema_step(buf: jax.Array, g: jax.Array, beta) -> jax.Array:
+  """``beta * buf + (1 - beta) * g`` in the wider of the two dtypes, stored
+  in the buffer's: a float32 momentum of bfloat16 or float16 gradients does
+  not round ``(1 - beta) g`` to the gradient's precision (nor underflow it,
+  for float16 gradients below about 1e-3)."""
+  acc = jnp.promote_types(buf.dtype, g.dtype)
+  return (beta * buf.astype(acc) + (1 - beta) * g.astype(acc)).astype(
+      buf.dtype)
+
+
 def _resolve_mesh_axis(ns_mesh_axis: MeshAxis, mesh):
   """Returns ``(mesh, axes, size)`` for splitting stacks, or ``None``."""
   if ns_mesh_axis is None:
@@ -122,6 +132,15 @@ def scale_by_muon_family(
     M = (1 - momentum) * g + momentum * buf   if nesterov   else   buf
 
   then ``u = direction(M) * shape_scale`` per matrix.
+
+  The buffer is kept in ``mu_dtype`` (default: the leaf's dtype promoted to
+  at least float32) and the EMA is computed in the wider of that and the
+  gradient's dtype; the update is cast to the gradient's dtype. Every
+  direction is invariant to the scale of ``M``: the update is the same for
+  gradients ``g`` and ``c g`` (``c`` from 1e-30 to 1e30 in float32), zero for
+  zero gradients, and finite for finite gradients. A non-finite gradient
+  entry makes its leaf's update NaN and stays in the buffer (use
+  ``optax.apply_if_finite``); other leaves are not affected.
   """
   if shape_scale not in _matrix.SHAPE_SCALES:
     raise ValueError(
@@ -151,8 +170,7 @@ def scale_by_muon_family(
     count = optax.safe_increment(state.count)
     beta = jnp.asarray(momentum)
     mu = jax.tree.map(
-        lambda g, m: (beta * m + (1 - beta) * g).astype(m.dtype),
-        updates, state.mu)
+        lambda g, m: _ema_step(m, g, beta), updates, state.mu)
     if nesterov:
       m_tree = jax.tree.map(
           lambda g, m: (1 - beta) * g.astype(jnp.float32) + beta * m,

@@ -105,20 +105,60 @@ class ScaleByAdaMuonState(NamedTuple):
   """State of :func:`scale_by_adamuon`."""
   count: jax.Array
   mu: optax.Updates
-  nu: optax.Updates  # per matrix: EMA of ||M||_F^2, shape = batch axes
+  # per matrix: sqrt of the EMA of ||M||_F^2 / (fan_in * fan_out), i.e. of
+  # the mean square entry (kept as the root, which stays finite in float32
+  # for any finite momentum), shape = batch axes
+  nu: optax.Updates
+
+
+def _divide_by_max(xs):
+  """``(xs / s, s)`` with ``s`` the elementwise largest of ``xs`` (1 where
+  all are 0): scalars brought near 1 so their squares neither overflow nor
+  underflow."""
+  s = functools.reduce(jnp.maximum, xs)
+  safe = jnp.where(s > 0, s, jnp.ones_like(s))
+  return [x / safe for x in xs], s
+
+
+def ema_rms(rms: jax.Array, norm: jax.Array, beta2) -> jax.Array:
+  """``sqrt(beta2 * rms^2 + (1 - beta2) * norm^2)`` without forming the
+  squares, so it is finite and exact for norms from 1e-30 to 1e30 (and the
+  float32 limits) alike."""
+  (r, n), s = _divide_by_max([rms, norm])
+  return s * jnp.sqrt(beta2 * jnp.square(r) + (1 - beta2) * jnp.square(n))
+
+
+def _relative_ratio(num: jax.Array, den: jax.Array, eps) -> jax.Array:
+  """``num / (den + eps * max(num, den))`` for non-negative inputs, and 0
+  where both are 0: ``eps`` guards the division relative to the operands, so
+  it never bites at small (or large) scales."""
+  (n, d), _ = _divide_by_max([num, den])
+  return n / (d + eps)
+
+
+def _entry_rms(m: jax.Array) -> jax.Array:
+  """``||M||_F / sqrt(rows * cols)`` per matrix, finite for finite ``M``:
+  the largest entry is divided out before squaring, and the mean of the
+  squares is at most 1."""
+  amax = jnp.max(jnp.abs(m), axis=(-2, -1))
+  safe = jnp.where(amax > 0, amax, jnp.ones_like(amax))
+  return amax * jnp.sqrt(jnp.mean(
+      jnp.square(m / safe[..., None, None]), axis=(-2, -1)))
 
 
 def _adamuon_direction(m, states, count, transposed, *, beta2, eps,
                        bias_correction, ns_kwargs):
   del transposed
-  (nu,) = states
-  norm = ns.frobenius_norm(m)[..., 0, 0]
-  nu = beta2 * nu + (1 - beta2) * jnp.square(norm)
-  nu_hat = optax.tree.bias_correction(nu, beta2, count) if (
-      bias_correction) else nu
-  factor = norm / (jnp.sqrt(nu_hat) + eps)
+  (rms,) = states
+  # All matrices of a stack share (rows, cols), so measuring n as the
+  # entries' RMS rather than ||M||_F changes n and sqrt(v) by one constant
+  # and the factor not at all; unlike ||M||_F it cannot overflow.
+  norm = _entry_rms(m)
+  rms = ema_rms(rms, norm, beta2)
+  rms_hat = rms / jnp.sqrt(1 - beta2 ** count) if bias_correction else rms
+  factor = _relative_ratio(norm, rms_hat, eps)
   d = ns.orthogonalize(m, **ns_kwargs) * factor[:, None, None]
-  return d, (nu,)
+  return d, (rms,)
 
 
 def scale_by_adamuon(
@@ -146,7 +186,16 @@ def scale_by_adamuon(
     n = ||M||_F
     v = beta2 * v + (1 - beta2) * n^2
     v_hat = v / (1 - beta2^t)          (bias_correction)
-    u = orthogonalize(M) * n / (sqrt(v_hat) + eps) * s
+    u = orthogonalize(M) * n / (sqrt(v_hat) + eps * max(n, sqrt(v_hat))) * s
+
+  The state keeps ``sqrt(v)`` for ``n`` measured as the entries' RMS,
+  ``||M||_F / sqrt(fan_in * fan_out)`` (the factor ``n / sqrt(v_hat)`` is the
+  same), updated without forming any square (:func:`ema_rms`); ``eps`` is
+  relative to the operands and ``0 / 0`` is 0. So the update is the same for
+  the momentum ``M`` and ``c M`` at any scale ``c`` (1e-30 to 1e30 in
+  float32), zero for zero momentum, and finite, with a finite state, for any
+  finite momentum. Since ``v >= (1 - beta2) n^2`` the factor is at most
+  ``sqrt((1 - beta2^t) / (1 - beta2))``.
 
   Departures from the seed's code (MuonVariants): the seed has no bias
   correction, which makes the first updates about ``1/sqrt(1 - beta2)``
@@ -164,7 +213,9 @@ def scale_by_adamuon(
   Args:
     momentum: EMA coefficient of the momentum buffer.
     beta2: EMA coefficient of the squared-norm second moment.
-    eps: added to ``sqrt(v_hat)``.
+    eps: relative guard of the division, ``sqrt(v_hat) + eps * max(n,
+      sqrt(v_hat))`` (an absolute epsilon would make the step depend on the
+      gradient's scale).
     bias_correction: divide ``v`` by ``1 - beta2^t``.
     {common_rest}
 
@@ -242,33 +293,43 @@ def _mommuon_direction(m, states, count, transposed, *, ns_steps, ns_every,
                        ns_beta, ns_dtype, ns_average):
   del transposed
   g_n = ns.normalize_frobenius(m, 1e-7)
-  first = count == 1
-  due = first
+  precond = states[0]
+  # Per matrix: a zero momentum has nothing to whiten (inverse_sqrt of a zero
+  # Gram matrix is 1.5^ns_steps I), so it leaves the state as it is; P = 0
+  # means no refresh has set it yet, and the next nonzero momentum does, on
+  # or off schedule (a zero first gradient, e.g. below a zero-initialised
+  # layer, must not fix P at 1.5^ns_steps I).
+  unset = jnp.all(precond == 0, axis=(-2, -1), keepdims=True)
+  zero = jnp.all(g_n == 0, axis=(-2, -1), keepdims=True)
+  scheduled = count == 1
   if ns_every > 0:
-    due = due | ((count - 1) % ns_every == 0)
-
-  def when_due(fn, x):
-    if ns_every == 1:
-      return fn(x)
-    return jax.lax.cond(due, fn, lambda y: y, x)
-
-  def average(old, new):
-    return jnp.where(first, new, ns_beta * old + (1 - ns_beta) * new).astype(
-        old.dtype)
+    scheduled = scheduled | ((count - 1) % ns_every == 0)
 
   if ns_average == "gram":
-    precond, gram = states
-    gram = average(gram, _small_gram(g_n))
-    precond = when_due(
-        lambda p: inverse_sqrt(gram, ns_steps, ns_dtype).astype(p.dtype),
-        precond)
-    new_states = (precond, gram)
+    gram = states[1]
+    y = _small_gram(g_n)
+    gram_unset = jnp.all(gram == 0, axis=(-2, -1), keepdims=True)
+    gram = jnp.where(zero, gram, jnp.where(
+        gram_unset, y, ns_beta * gram + (1 - ns_beta) * y)).astype(gram.dtype)
+    empty = jnp.all(gram == 0, axis=(-2, -1), keepdims=True)
+
+    def refresh(p):
+      z = inverse_sqrt(gram, ns_steps, ns_dtype)
+      return jnp.where(empty, p, z).astype(p.dtype)
   else:
-    (precond,) = states
-    precond = when_due(
-        lambda p: average(p, inverse_sqrt(_small_gram(g_n), ns_steps, ns_dtype)),
-        precond)
-    new_states = (precond,)
+
+    def refresh(p):
+      z = inverse_sqrt(_small_gram(g_n), ns_steps, ns_dtype)
+      new = jnp.where(unset, z, jnp.where(
+          scheduled, ns_beta * p + (1 - ns_beta) * z, p))
+      return jnp.where(zero, p, new).astype(p.dtype)
+
+  if ns_every == 1:
+    precond = refresh(precond)
+  else:
+    precond = jax.lax.cond(scheduled | jnp.any(unset & ~zero), refresh,
+                           lambda p: p, precond)
+  new_states = (precond, gram) if ns_average == "gram" else (precond,)
   return ns._matmul(precond, g_n), new_states
 
 
@@ -314,6 +375,12 @@ def scale_by_mommuon(
   Averaging inverse square roots of changing Gram matrices (the seed's
   ``"preconditioner"`` averaging) keeps the huge gains of directions that
   were small in old gradients; averaging the Gram matrices first does not.
+
+  A matrix whose momentum is all zero gets a zero update and leaves ``P``
+  unchanged (``Y = 0`` has no inverse square root; the iteration would
+  return ``1.5^ns_steps I``); until a nonzero momentum has set it, ``P``
+  stays 0 and "first refresh" means the first step with a nonzero momentum,
+  whether or not it is on the ``ns_every`` schedule.
 
   Departures from the seed's code (MuonVariants): the seed crashes on its
   first step (an unbound index); it applies ``P`` to the unnormalised

@@ -1,0 +1,523 @@
+"""Robustness: clear errors, safe numerics, non-finite steps, dtypes.
+
+Issue 7. Each test asserts a behaviour a user would otherwise find out about
+hours into a run. Values are compared with a float64 NumPy reference of
+ALGORITHMS.md (written here from the spec, not from the library), or with the
+same optimizer on a gradient that differs only in what must not matter (its
+scale, a skipped NaN step).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import optax_muon as om
+
+ALIASES = {
+    "muon": om.muon,
+    "adamuon": om.adamuon,
+    "mommuon": om.mommuon,
+    "ogsignmuon": om.ogsignmuon,
+    "normuon": om.normuon,
+}
+# Every alias, plus MomMuon refreshing its preconditioner only every 2 steps.
+VARIANTS = dict(ALIASES, mommuon_every2=lambda lr=0.02, **kw: om.mommuon(
+    lr, ns_every=2, **kw))
+
+MATRIX_SHAPES = {
+    "wide": (4, 6),
+    "tall": (6, 4),
+    "row": (1, 5),
+    "col": (5, 1),
+    "conv": (3, 3, 2, 4),
+    "stack": (2, 3, 5),
+}
+
+
+def _batch_axes(path, leaf):
+  del leaf
+  return (0,) if path[-1].key == "stack" else None
+
+
+def _matrices(dtype=jnp.float32):
+  return {k: jnp.zeros(s, dtype) for k, s in MATRIX_SHAPES.items()}
+
+
+def _params(dtype=jnp.float32):
+  return dict(_matrices(dtype), bias=jnp.zeros((4,), dtype))
+
+
+def _grads(params, seed, scale=1.0):
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(
+      lambda p: jnp.asarray(rng.standard_normal(p.shape) * scale, p.dtype),
+      params)
+
+
+def _make(name, **kw):
+  return VARIANTS[name](0.02, batch_axes=_batch_axes, **kw)
+
+
+@functools.cache
+def _jitted(name):
+  """One optimizer and one jitted update per variant, shared by the tests
+  (each dtype of the params compiles once)."""
+  tx = _make(name)
+  return tx, jax.jit(tx.update)
+
+
+def _run(tx, params, grads_seq, update=None):
+  """Updates of every step (no params change: updates only)."""
+  if isinstance(tx, str):
+    tx, update = _jitted(tx)
+  update = update or tx.update
+  state = tx.init(params)
+  outs = []
+  for g in grads_seq:
+    u, state = update(g, state, params)
+    outs.append(u)
+  return outs, state
+
+
+def _all_finite(tree):
+  return all(bool(jnp.all(jnp.isfinite(x.astype(jnp.float32))))
+             for x in jax.tree.leaves(tree))
+
+
+# ------------------------------------------------------------- 1. errors ----
+
+P2 = {"layer": {"kernel": jnp.zeros((4, 6)), "bias": jnp.zeros((6,))}}
+
+
+@pytest.mark.parametrize("name", ALIASES)
+def test_unknown_label_names_leaf_and_fix(name):
+  labels = {"layer": {"kernel": "muon", "bias": "adam"}}
+  with pytest.raises(ValueError, match=r"'adam'.*'layer/bias'.*'muon' or "
+                     r"'adamw'"):
+    ALIASES[name](param_labels=labels).init(P2)
+
+
+@pytest.mark.parametrize("name", ALIASES)
+def test_vector_routed_to_muon_names_leaf_and_fix(name):
+  labels = {"layer": {"kernel": "muon", "bias": "muon"}}
+  with pytest.raises(ValueError, match=r"'layer/bias'.*\(6,\).*AdamW"):
+    ALIASES[name](param_labels=labels).init(P2)
+
+
+def test_scale_by_variant_rejects_vector_with_path():
+  for scale_by in (om.scale_by_muon, om.scale_by_adamuon, om.scale_by_mommuon,
+                   om.scale_by_ogsignmuon, om.scale_by_normuon):
+    with pytest.raises(ValueError, match=r"'layer/bias'.*2 or more dims"):
+      scale_by().init(P2)
+
+
+@pytest.mark.parametrize("labels, only", [
+    ({"layer": {"kernel": "muon"}}, r"only in the params \['layer/bias'\]"),
+    ({"layer": {"kernel": "muon", "bias": "adamw", "extra": "adamw"}},
+     r"only in the labels \['layer/extra'\]"),
+    (["muon", "adamw"], r"only in the params \['layer/bias', 'layer/kernel'\]"),
+])
+def test_label_tree_mismatch_names_leaves_and_fix(labels, only):
+  for as_fn in (False, True):
+    param_labels = (lambda p, labels=labels: labels) if as_fn else labels
+    with pytest.raises(ValueError, match=only + r".*om.muon_labels"):
+      om.muon(param_labels=param_labels).init(P2)
+
+
+@pytest.mark.parametrize("spec, msg", [
+    (3, r"batch_axes 3 does not fit the leaf at 'layer/kernel' \(2 dims\)"),
+    ((0, 0), r"repeats an axis for the leaf at 'layer/kernel'"),
+    (0, r"leaves fewer than 2 matrix axes of the leaf at 'layer/kernel'"),
+    ("a", r"does not fit the leaf at 'layer/kernel'"),
+    (lambda path, leaf: -3, r"batch_axes -3 does not fit .*'layer/kernel'"),
+])
+def test_batch_axes_that_do_not_fit_name_leaf(spec, msg):
+  params = {"layer": {"kernel": jnp.zeros((4, 6))}}
+  for make in (om.muon, om.scale_by_muon, om.scale_by_normuon):
+    with pytest.raises(ValueError, match=msg):
+      make(batch_axes=spec).init(params)
+
+
+def test_shared_batch_axes_error_points_to_per_leaf_function():
+  params = {"blocks": jnp.zeros((2, 4, 6)), "proj": jnp.zeros((4, 6))}
+  with pytest.raises(ValueError, match=r"'proj'.*batch_axes=lambda path, "
+                     r"leaf"):
+    om.muon(batch_axes=0).init(params)
+  # The suggested fix works.
+  om.muon(batch_axes=lambda p, x: 0 if x.ndim == 3 else None).init(params)
+
+
+@pytest.mark.parametrize("dtype", [jnp.int32, jnp.bool_, jnp.uint8])
+def test_non_floating_leaf_routed_to_muon(dtype):
+  params = {"table": jnp.zeros((4, 6), dtype), "w": jnp.zeros((4, 6))}
+  for tx in (om.muon(), om.normuon(param_labels={"table": "muon",
+                                                 "w": "muon"})):
+    with pytest.raises(ValueError, match=r"'table' of dtype .*floating-point"
+                       r".*'adamw'"):
+      tx.init(params)
+  with pytest.raises(ValueError, match=r"'table' of dtype"):
+    om.scale_by_adamuon().init(params)
+
+
+def test_error_paths_of_nnx_state():
+  nnx = pytest.importorskip("flax.nnx")
+
+  class Net(nnx.Module):
+
+    def __init__(self, rngs):
+      self.layers = nnx.List([nnx.Linear(3, 4, rngs=rngs)])
+
+  model = Net(nnx.Rngs(0))
+  labels = lambda params: jax.tree.map(lambda _: "muon", params)
+  with pytest.raises(ValueError, match=r"'layers/0/bias'"):
+    nnx.Optimizer(model, om.muon(param_labels=labels), wrt=nnx.Param)
+
+
+# ----------------------------------------------------- NumPy reference ----
+# From ALGORITHMS.md, in float64.
+
+_QUINTIC = (3.4445, -4.7750, 2.0315)
+
+
+def _np_orthogonalize(g):
+  g = np.asarray(g, np.float64)
+  tall = g.shape[-2] > g.shape[-1]
+  x = np.swapaxes(g, -1, -2) if tall else g
+  norm = np.sqrt(np.sum(x * x, axis=(-2, -1), keepdims=True))
+  x = x / (norm + 1e-7 * np.max(np.abs(x), axis=(-2, -1), keepdims=True))
+  a, b, c = _QUINTIC
+  for _ in range(5):
+    gram = x @ np.swapaxes(x, -1, -2)
+    x = a * x + (b * gram + c * gram @ gram) @ x
+  return np.swapaxes(x, -1, -2) if tall else x
+
+
+def _np_adamuon_updates(gs, momentum=0.95, beta2=0.995):
+  """AdaMuon on one (m, n) leaf, m < n, from ALGORITHMS.md (float64)."""
+  buf, v, outs = 0.0, 0.0, []
+  scale = np.sqrt(max(1.0, gs[0].shape[1] / gs[0].shape[0]))
+  for t, g in enumerate(gs, start=1):
+    g = np.asarray(g, np.float64)
+    buf = momentum * buf + (1 - momentum) * g
+    m = (1 - momentum) * g + momentum * buf
+    n = np.sqrt(np.sum(m * m))
+    v = beta2 * v + (1 - beta2) * n * n
+    v_hat = v / (1 - beta2**t)
+    outs.append(_np_orthogonalize(m) * n / np.sqrt(v_hat) * scale)
+  return outs
+
+
+# ----------------------------------------------------------- 2. numerics ----
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_zero_gradients_give_zero_updates(name):
+  params = _params()
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  outs, state = _run(name, params, [zeros] * 3)
+  for u in outs:
+    for k in MATRIX_SHAPES:
+      chex.assert_trees_all_equal(u[k], jnp.zeros_like(params[k]))
+  assert _all_finite(state)
+
+
+@pytest.mark.parametrize("ns_every", [1, 0, 3])
+def test_mommuon_zero_first_gradient_does_not_poison_preconditioner(ns_every):
+  # A zero first gradient (e.g. below a zero-initialised layer) must not set
+  # P = inverse_sqrt(0) = 1.5^ns_steps I: the first nonzero momentum does.
+  params = {"w": jnp.zeros((4, 6))}
+  g = _grads(params, 0)
+  zero = jax.tree.map(jnp.zeros_like, params)
+  tx = om.mommuon(1.0, ns_every=ns_every)
+  outs, _ = _run(tx, params, [zero, g])
+  # After a zero step the momentum is exactly a fresh run's first momentum,
+  # and its whitened direction is about the polar factor of M: its singular
+  # values are near 1 (x the shape scale sqrt(6/4)), not near 1.5^15 = 438.
+  sv = np.linalg.svd(np.asarray(outs[1]["w"], np.float64), compute_uv=False)
+  np.testing.assert_allclose(sv / np.sqrt(6 / 4), 1.0, atol=0.05)
+  fresh, _ = _run(tx, params, [g])
+  chex.assert_trees_all_close(outs[1], fresh[0], rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_step_does_not_depend_on_gradient_scale(name):
+  params = _matrices()
+  # Per-step magnitudes vary so that AdaMuon's factor is not trivially 1.
+  gs = [jax.tree.map(lambda x, r=r: x * r, _grads(params, t))
+        for t, r in enumerate([1.0, 3.0, 0.5])]
+  ref, _ = _run(name, params, gs)
+  for scale in [1e-30, 1e-6, 1e-3, 1e3, 1e6, 1e30]:
+    scaled, state = _run(name, params,
+                         [_cast(g, jnp.float32, scale) for g in gs])
+    assert _all_finite(scaled) and _all_finite(state), scale
+    chex.assert_trees_all_close(scaled, ref, rtol=2e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1e-6, 1.0, 1e6, 1e30])
+def test_adamuon_matches_float64_reference_at_any_scale(scale):
+  shape = (4, 6)
+  rng = np.random.default_rng(1)
+  gs = [rng.standard_normal(shape) * r * scale for r in (1.0, 3.0, 0.5, 2.0)]
+  tx = om.scale_by_adamuon()
+  state = tx.init({"w": jnp.zeros(shape)})
+  want = _np_adamuon_updates(gs)
+  for g, w in zip(gs, want):
+    u, state = tx.update({"w": jnp.asarray(g, jnp.float32)}, state)
+    np.testing.assert_allclose(np.asarray(u["w"]), w, rtol=1e-4, atol=1e-5)
+  assert _all_finite(state)
+
+
+def test_adamuon_finite_for_huge_matrix_norm():
+  # ||M||_F of 4096 entries at 1e37 overflows float32; the step must not.
+  params = {"w": jnp.zeros((64, 64))}
+  sign = np.sign(np.random.default_rng(0).standard_normal((64, 64)))
+  g = {"w": jnp.asarray(sign * 3e38, jnp.float32)}
+  ref = {"w": jnp.asarray(sign, jnp.float32)}
+  (u,), state = _run(om.scale_by_adamuon(), params, [g])
+  (u_ref,), _ = _run(om.scale_by_adamuon(), params, [ref])
+  assert _all_finite(state)
+  chex.assert_trees_all_close(u, u_ref, rtol=1e-5, atol=1e-6)
+
+
+def _unit_grads(params, seed, subnormal=False):
+  """Mixed-sign entries exactly representable in the params' dtype, so that
+  scaling them by a power of two is exact."""
+  rng = np.random.default_rng(seed)
+
+  def leaf(p):
+    sign = np.sign(rng.standard_normal(p.shape))
+    mag = (rng.choice([1.0, 1.5], p.shape) if subnormal
+           else 1 + rng.integers(0, 64, p.shape) / 64)
+    return sign * mag
+
+  return jax.tree.map(leaf, params)
+
+
+def _cast(tree, dtype, scale=1.0):
+  return jax.tree.map(lambda x: jnp.asarray(x * scale, dtype), tree)
+
+
+# (dtype, power of two, subnormal): the largest finite values (up to 65504 =
+# (2 - 2^-10) 2^15 and 3.39e38 = (2 - 2^-7) 2^127), the smallest normals and
+# float16 subnormals (entries 2^-23 and 1.5 * 2^-23, exact).
+EXTREMES = [
+    (jnp.float16, 15, False), (jnp.float16, -14, False),
+    (jnp.float16, -23, True), (jnp.bfloat16, 127, False),
+    (jnp.bfloat16, -100, False), (jnp.float32, 100, False),
+    (jnp.float32, -100, False)]
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_extremes_of_low_precision_give_the_unit_scale_step(name):
+  for dtype, power, subnormal in EXTREMES:
+    params = _params(dtype)
+    units = [_unit_grads(params, s, subnormal) for s in range(2)]
+    outs, state = _run(name, params, [_cast(u, dtype, 2.0**power)
+                                      for u in units])
+    ref, _ = _run(name, params, [_cast(u, dtype) for u in units])
+    assert _all_finite(outs), (dtype, power)
+    assert _all_finite(state.inner_states["muon"]), (dtype, power)
+    for u, r in zip(outs, ref):
+      for k in MATRIX_SHAPES:
+        assert u[k].dtype == dtype
+        # The exact power-of-two scale must not change the Muon step at all.
+        np.testing.assert_allclose(
+            np.asarray(u[k], np.float32), np.asarray(r[k], np.float32),
+            rtol=1e-5, atol=1e-8, err_msg=f"{k} {dtype} 2^{power}")
+
+
+@pytest.mark.parametrize("name", ALIASES)
+def test_extremes_of_low_precision_finite_everywhere(name):
+  # Including AdamW's leaves and bfloat16's smallest normal, whose momentum
+  # (1 - beta) g underflows (flushed to zero): the step is then 0.
+  for dtype, value in [(jnp.bfloat16, 3.38e38), (jnp.bfloat16, 1.2e-38),
+                       (jnp.float16, 65504.0), (jnp.float16, 6e-8)]:
+    params = _params(dtype)
+    grads = [_cast(_unit_grads(params, s), dtype, value / 2) for s in range(3)]
+    outs, _ = _run(name, params, grads)
+    assert _all_finite(outs), (dtype, value)
+    assert all(x.dtype == dtype for x in jax.tree.leaves(outs))
+
+
+@pytest.mark.parametrize("value", [65504.0, 1e-3, 1.2e-7])
+def test_adamw_leaves_of_float16_params_run_in_float32(value):
+  # optax.adamw in float16 gives inf / NaN here (its eps rounds to 0 and g^2
+  # overflows or underflows); the aliases run it in float32.
+  params = {"bias": jnp.zeros((5,), jnp.float16)}
+  g = _cast(_unit_grads(params, 0), jnp.float16, value / 2)
+  (u,), state = _run(om.muon(adamw_learning_rate=1e-3), params, [g])
+  g32 = jax.tree.map(lambda x: x.astype(jnp.float32), g)
+  (want,), _ = _run(optax.adamw(1e-3, b1=0.9, b2=0.95, weight_decay=0.0),
+                    jax.tree.map(lambda x: x.astype(jnp.float32), params),
+                    [g32])
+  assert u["bias"].dtype == jnp.float16
+  np.testing.assert_allclose(np.asarray(u["bias"], np.float32),
+                             np.asarray(want["bias"]), rtol=1e-3)
+  assert _all_finite(state)
+
+
+# ------------------------------------------------- 3. non-finite gradients --
+
+
+def test_nan_in_one_leaf_stays_in_that_leaf():
+  # Same-shape leaves are stacked into one batched call; a NaN in one must
+  # not reach the others (documented: the NaN leaf's update is NaN).
+  params = {"a": jnp.zeros((4, 6)), "b": jnp.zeros((4, 6)),
+            "c": jnp.zeros((6, 4))}
+  g = _grads(params, 0)
+  bad = dict(g, a=g["a"].at[1, 2].set(jnp.nan))
+  for name in ALIASES:
+    (u,), state = _run(name, params, [bad])
+    (ref,), _ = _run(name, params, [g])
+    assert not bool(jnp.any(jnp.isfinite(u["a"]))), name
+    chex.assert_trees_all_equal(u["b"], ref["b"])
+    chex.assert_trees_all_equal(u["c"], ref["c"])
+
+
+@pytest.mark.parametrize("bad_value", [jnp.nan, jnp.inf])
+def test_non_finite_gradient_poisons_the_leaf_without_apply_if_finite(
+    bad_value):
+  params = {"w": jnp.zeros((4, 6))}
+  g = _grads(params, 0)
+  bad = {"w": g["w"].at[0, 0].set(bad_value)}
+  outs, state = _run(_make("muon"), params, [bad, g])
+  # The momentum remembers it: later finite steps are NaN too.
+  assert not _all_finite(outs[0]) and not _all_finite(outs[1])
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_apply_if_finite_skips_the_nan_step_exactly(name):
+  params = _params()
+  g = [_grads(params, s) for s in range(4)]
+  nan = jax.tree.map(lambda x: jnp.full_like(x, jnp.nan), g[0])
+  part = dict(g[1], wide=g[1]["wide"].at[0, 0].set(jnp.inf))
+  tx = optax.apply_if_finite(_make(name), max_consecutive_errors=2)
+  update = jax.jit(tx.update)
+
+  def run(seq):
+    state, outs = tx.init(params), []
+    for grads in seq:
+      u, state = update(grads, state, params)
+      outs.append(u)
+    return outs, state
+
+  got, got_state = run([g[0], nan, part, g[1], g[2], g[3]])
+  want, want_state = run([g[0], g[1], g[2], g[3]])
+  for skipped in got[1:3]:
+    chex.assert_trees_all_equal(skipped, jax.tree.map(jnp.zeros_like,
+                                                      skipped))
+  chex.assert_trees_all_equal(got[0], want[0])
+  chex.assert_trees_all_equal(got[3:], want[1:])
+  chex.assert_trees_all_equal(got_state.inner_state, want_state.inner_state)
+  assert int(got_state.total_notfinite) == 2
+
+
+def test_apply_if_finite_gives_up_after_max_consecutive_errors():
+  params = {"w": jnp.zeros((4, 6))}
+  nan = {"w": jnp.full((4, 6), jnp.nan)}
+  tx = optax.apply_if_finite(om.muon(), max_consecutive_errors=1)
+  outs, state = _run(tx, params, [nan, nan])
+  assert _all_finite(outs[0]) and not _all_finite(outs[1])
+  assert not _all_finite(state.inner_state)
+
+
+# -------------------------------------------------------------- 4. dtypes ----
+
+
+def _dtypes(tree):
+  return jax.tree.map(lambda x: (x.shape, x.dtype), tree)
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_low_precision_params_dtypes_and_single_compile(name, dtype):
+  params = _params(dtype)
+  tx = _make(name)
+  state = tx.init(params)
+  muon_state = state.inner_states["muon"].inner_state[0]
+  # Momentum defaults to float32 (the param's dtype promoted to float32).
+  for k in MATRIX_SHAPES:
+    assert muon_state.mu[k].dtype == jnp.float32
+  adam_state = state.inner_states["adamw"].inner_state[0]
+  assert adam_state.mu["bias"].dtype == adam_state.nu["bias"].dtype == (
+      jnp.float32)
+  update = jax.jit(tx.update)
+  spec = _dtypes(state)
+  for s in range(3):
+    g = _grads(params, s)
+    u, state = update(g, state, params)
+    assert _dtypes(u) == _dtypes(params)
+    assert _dtypes(state) == spec
+    params = optax.apply_updates(params, u)
+    assert _dtypes(params) == _dtypes(_params(dtype))
+  assert update._cache_size() == 1
+
+
+@pytest.mark.parametrize("name", ALIASES)
+def test_mu_dtype_sets_the_momentum_dtype(name):
+  params = _params(jnp.float32)
+  tx = _make(name, mu_dtype=jnp.bfloat16)
+  state = tx.init(params)
+  update = jax.jit(tx.update)
+  for s in range(2):
+    u, state = update(_grads(params, s), state, params)
+  muon_state = state.inner_states["muon"].inner_state[0]
+  for k in MATRIX_SHAPES:
+    assert muon_state.mu[k].dtype == jnp.bfloat16
+  assert state.inner_states["adamw"].inner_state[0].mu["bias"].dtype == (
+      jnp.bfloat16)
+  assert _dtypes(u) == _dtypes(params)
+  assert update._cache_size() == 1
+
+
+def test_inject_hyperparams_compiles_once():
+  params = _params(jnp.bfloat16)
+  for alias in ALIASES.values():
+    # Without hyperparam_dtype, optax stores the hyperparameters in the
+    # params' dtype: momentum 0.95 would become bfloat16 0.9492.
+    tx = optax.inject_hyperparams(
+        alias, static_args=om.static_args(alias),
+        hyperparam_dtype=jnp.float32)(learning_rate=0.02,
+                                      batch_axes=_batch_axes)
+    state = tx.init(params)
+    assert state.hyperparams["momentum"].dtype == jnp.float32
+    update = jax.jit(tx.update)
+    for s in range(2):
+      _, state = update(_grads(params, s), state, params)
+    state.hyperparams["learning_rate"] = jnp.asarray(0.01, jnp.float32)
+    _, state = update(_grads(params, 3), state, params)
+    assert update._cache_size() == 1
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_float32_momentum_of_low_precision_gradients_is_exact(dtype):
+  # buf = beta buf + (1 - beta) g, in float64 from the same (rounded)
+  # gradients: the float32 momentum must not round (1 - beta) g to the
+  # gradient's dtype.
+  params = {"w": jnp.zeros((4, 6), dtype)}
+  gs = [_cast(_grads(params, s), dtype, 1e-3) for s in range(3)]
+  _, state = _run(om.scale_by_muon(), params, gs)
+  buf = np.zeros((4, 6))
+  for g in gs:
+    buf = 0.95 * buf + 0.05 * np.asarray(g["w"], np.float64)
+  assert state.mu["w"].dtype == jnp.float32
+  np.testing.assert_allclose(np.asarray(state.mu["w"]), buf, rtol=1e-6,
+                             atol=1e-6 * np.abs(buf).max())
+
+
+def test_zero_leaf_batched_with_others_does_not_change_them():
+  params = {"a": jnp.zeros((4, 6)), "b": jnp.zeros((4, 6))}
+  g = _grads(params, 0)
+  with_zero = dict(g, a=jnp.zeros((4, 6)))
+  for name in VARIANTS:
+    (u,), _ = _run(name, params, [with_zero])
+    (ref,), _ = _run(name, {"b": params["b"]}, [{"b": g["b"]}])
+    chex.assert_trees_all_equal(u["a"], jnp.zeros((4, 6)))
+    chex.assert_trees_all_close(u["b"], ref["b"], rtol=1e-6, atol=1e-8)
