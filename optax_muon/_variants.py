@@ -180,6 +180,7 @@ def scale_by_adamuon(
 
   variant = _skeleton.Variant(
       name="adamuon", state_cls=ScaleByAdaMuonState, init_leaf=init_leaf,
+      state_axes=lambda view: (view.batch_axes,),
       direction=functools.partial(
           _adamuon_direction, beta2=beta2, eps=eps,
           bias_correction=bias_correction, ns_kwargs=dict(
@@ -314,6 +315,8 @@ def scale_by_mommuon(
 
   variant = _skeleton.Variant(
       name="mommuon", state_cls=ScaleByMomMuonState, init_leaf=init_leaf,
+      state_axes=lambda view: (
+          view.batch_axes + (_skeleton.small_side_axis(view), None),),
       direction=functools.partial(
           _mommuon_direction, ns_steps=ns_steps, ns_every=ns_every,
           ns_beta=ns_beta, ns_dtype=ns_dtype))
@@ -440,6 +443,8 @@ def scale_by_normuon(
 
   variant = _skeleton.Variant(
       name="normuon", state_cls=ScaleByNorMuonState, init_leaf=init_leaf,
+      state_axes=lambda view: (
+          view.batch_axes + (_skeleton.fan_out_axis(view),),),
       orientation_matters=True,
       direction=functools.partial(_normuon_direction, beta2=beta2, ns_kwargs=dict(
           ns_steps=ns_steps, ns_coeffs=ns_coeffs, dtype=ns_dtype)))
