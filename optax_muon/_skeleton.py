@@ -175,6 +175,10 @@ def _init_extras(variant, view, param, mu_dtype):
   axes = variant.state_axes(view)
   if not axes:
     return leaves
+  if len(axes) != len(leaves):
+    raise ValueError(
+        f"Variant {variant.name!r}: state_axes gives {len(axes)} entries for "
+        f"{len(leaves)} state leaves.")
   return tuple(_place_like(x, param, a) for x, a in zip(leaves, axes))
 
 
