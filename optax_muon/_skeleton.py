@@ -22,6 +22,7 @@ from typing import Any, NamedTuple, Union
 import jax
 import jax.numpy as jnp
 import optax
+from jax.experimental import shard_alike
 from jax.typing import DTypeLike
 
 from optax_muon import _matrix
@@ -154,7 +155,9 @@ def scale_by_muon_family(
 
     def directions(ms, extras, count):
       split = _resolve_split(ns_mesh_axis, mesh)
-      return _directions_by_group(variant, ms, extras, views, count, split)
+      dirs, new_extras = _directions_by_group(
+          variant, ms, extras, views, count, split)
+      return _shard_like(dirs, ms), _shard_like(new_extras, extras)
 
     dirs, new_extras = _auto_axes_region(
         directions, (ms, extras, count), (grads, extras))
@@ -359,34 +362,45 @@ def _constrain(x: jax.Array, mesh, spec) -> jax.Array:
 
 def _split_stack(x: jax.Array, split: _Split) -> jax.Array:
   """Pads the stack to a multiple of the split size and shards its leading
-  axis over the split axes: each device holds ``ceil(k / size)`` matrices.
+  axis over the split axes: each device holds ``k / size`` whole matrices.
+
+  The stack is first pinned with its leading axis unsplit (each matrix laid
+  out like its param), then the split axes move onto the leading axis one
+  at a time: a replicated param costs a local slice, a sharded one an
+  all-to-all per mesh axis it is sharded over. (Asking the partitioner for
+  the whole move at once makes it replicate the stack first.)
 
   Padding matrices are zeros; every direction maps them to finite values
-  (Newton–Schulz normalises by ``||X|| + eps``), and they are dropped by
-  :func:`_unsplit_stack`.
+  (Newton–Schulz divides by ``||X|| + eps``), and :func:`_unsplit_stack`
+  drops them.
   """
-  x = _constrain(x, split.mesh, _whole_matrices(x.ndim))
+  x = _constrain(x, split.mesh, _stack_spec((), x.ndim))
   x = _pad(x, (-x.shape[0]) % split.size)
+  for i in range(1, len(split.axes)):
+    x = _constrain(x, split.mesh, _stack_spec(split.axes[:i], x.ndim))
   return _constrain(x, split.mesh, jax.sharding.PartitionSpec(split.axes))
 
 
 def _unsplit_stack(x: jax.Array, split: _Split, total: int) -> jax.Array:
-  """Drops the padding of a split stack.
+  """Undoes :func:`_split_stack`: the split axes leave the leading axis one
+  at a time, last first, and the padding is dropped.
 
-  No sharding is imposed on the result: the slices flow into each leaf's
-  update and state, whose shardings XLA takes from the params (and, under
-  explicit axes, from :func:`_auto_axes_region`), so a sharded param gets
-  only its own shard back (an all-to-all) and a replicated one the whole
-  matrix (an all-gather), as in the reference PyTorch Muon's all_gather.
+  The matrix axes are left to the partitioner, which takes them from where
+  the results go (the update added to the param, the state tied to the
+  state that came in): a sharded param gets only its own shard of each
+  matrix (an all-to-all), a replicated one the whole matrix (an all-gather,
+  like the reference PyTorch Muon's ``all_gather``).
   """
-  return _constrain(x, split.mesh, _whole_matrices(x.ndim))[:total]
+  for i in reversed(range(len(split.axes))):
+    x = _constrain(x, split.mesh, _stack_spec(split.axes[:i], x.ndim))
+  return x[:total]
 
 
-def _whole_matrices(ndim: int):
-  """Spec of a stack not split along its leading axis, the other axes left
-  to the partitioner (each matrix keeps the layout of its param)."""
+def _stack_spec(axes: tuple[str, ...], ndim: int):
+  """Leading axis split over ``axes`` (unsplit if empty), the matrix axes
+  left to the partitioner."""
   P = jax.sharding.PartitionSpec
-  return P(None, *([P.UNCONSTRAINED] * (ndim - 1)))
+  return P(axes or None, *([P.UNCONSTRAINED] * (ndim - 1)))
 
 
 def _typed_sharding(x):
@@ -433,19 +447,43 @@ def _place_like(x: jax.Array, param, axes: Sequence[int | None]) -> jax.Array:
   return jax.device_put(x, target)
 
 
+def _shard_like(new, old):
+  """Ties each leaf of ``new`` to the sharding of the matching leaf of
+  ``old``, whatever the partitioner gives ``old`` (from the jit's inputs):
+  under Auto axes, updates then come out sharded like the gradients and the
+  state like the state that went in, instead of as the stacks left them."""
+  if not jax.tree.leaves(new):
+    return new
+  return shard_alike.shard_alike(new, old)[0]
+
+
 def _auto_axes_region(fn, args, out_leaves):
-  """Runs ``fn(*args)`` with the context mesh's Explicit axes made Auto.
+  """Runs ``fn(*args)`` with the Explicit mesh axes made Auto.
 
   Under Explicit axes (``jax.make_mesh``'s default) every op must have an
   unambiguous output sharding, which matrix reshapes, stacking and
-  Newton–Schulz's contractions over a sharded axis do not; the partitioner
-  is free to choose inside, and on the way out each output is resharded to
-  the sharding of the matching leaf of ``out_leaves`` (the update's param or
-  the state's own leaf). Without Explicit axes it just calls ``fn``.
+  Newton–Schulz's contractions over a sharded axis do not have; inside, the
+  partitioner is free to choose, and on the way out each output is
+  resharded to the sharding of the matching leaf of ``out_leaves`` (the
+  gradient for an update, the incoming state for a state). The mesh is the
+  context's (``jax.set_mesh``) or, without one, the one the arrays carry.
+  Without Explicit axes it just calls ``fn``.
   """
-  context = jax.sharding.get_abstract_mesh()
-  if context.empty or not context.explicit_axes:
-    return fn(*args)
   out_sharding = jax.tree.map(lambda x: jax.typeof(x).sharding, out_leaves)
+  context = jax.sharding.get_abstract_mesh()
+  if not context.empty:
+    # Specs on the context mesh: arrays not yet placed on it (e.g. plain
+    # host arrays) carry an empty mesh and come out replicated.
+    out_sharding = jax.tree.map(lambda s: s.spec, out_sharding)
+  if context.empty:
+    meshes = {s.mesh for s in jax.tree.leaves(out_sharding)
+              if isinstance(s, jax.sharding.NamedSharding)
+              and not s.mesh.empty}
+    explicit = tuple(a for m in meshes for a in m.explicit_axes)
+  else:
+    explicit = context.explicit_axes
+  if not explicit:
+    return fn(*args)
   return jax.sharding.auto_axes(
-      fn, axes=context.explicit_axes, out_sharding=out_sharding)(*args)
+      fn, axes=tuple(dict.fromkeys(explicit)), out_sharding=out_sharding)(
+          *args)
