@@ -10,6 +10,12 @@ different leaves (after putting every matrix in its wide orientation) are
 stacked and handed to the direction function in one batched call; with
 ``ns_mesh_axis`` the stack is split across that mesh axis so that each device
 orthogonalises only its share.
+
+On a device mesh (the last section of this module) everything runs on JAX's
+SPMD partitioner: sharding constraints move the stacks between the params'
+layouts and the split, ``init`` places the state like its param, and under
+Explicit mesh axes the matrix work runs with the axes made Auto and hands
+back every update and state leaf with the sharding it came in with.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from typing import Any, NamedTuple, Union
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.experimental import shard_alike
 from jax.typing import DTypeLike
@@ -83,7 +90,6 @@ def momentum_dtype(leaf_dtype, mu_dtype: DTypeLike | None) -> jnp.dtype:
   if mu_dtype is not None:
     return jnp.dtype(mu_dtype)
   return jnp.promote_types(leaf_dtype, jnp.float32)
-
 
 
 def scale_by_muon_family(
@@ -170,37 +176,6 @@ def scale_by_muon_family(
     return treedef.unflatten(out), new_state
 
   return optax.GradientTransformation(init_fn, update_fn)
-
-
-def _init_extras(variant, view, param, mu_dtype):
-  """The variant's extra state for one leaf, placed like the param."""
-  leaves = variant.init_leaf(view, momentum_dtype(param.dtype, mu_dtype))
-  axes = variant.state_axes(view)
-  if not axes:
-    return leaves
-  if len(axes) != len(leaves):
-    raise ValueError(
-        f"Variant {variant.name!r}: state_axes gives {len(axes)} entries for "
-        f"{len(leaves)} state leaves.")
-  return tuple(_place_like(x, param, a) for x, a in zip(leaves, axes))
-
-
-def fan_out_axis(view: _matrix.MatrixView) -> int:
-  """The param axis of a view's ``fan_out`` (its last non-batch axis)."""
-  return _matrix_axes(view)[-1]
-
-
-def small_side_axis(view: _matrix.MatrixView) -> int | None:
-  """The param axis of the view's small side, ``None`` if that side is
-  several axes flattened (the fan-in of a conv kernel)."""
-  axes = _matrix_axes(view)
-  if view.transposed:
-    return axes[-1]
-  return axes[0] if len(axes) == 2 else None
-
-
-def _matrix_axes(view: _matrix.MatrixView) -> tuple[int, ...]:
-  return tuple(a for a in range(len(view.shape)) if a not in view.batch_axes)
 
 
 def _unzip_fields(extra_leaves, views, variant):
@@ -444,14 +419,21 @@ def _place_like(x: jax.Array, param, axes: Sequence[int | None]) -> jax.Array:
   target = _state_sharding(sharding, axes)
   if isinstance(param, jax.core.Tracer):
     return jax.sharding.reshard(x, target)
-  return jax.device_put(x, target)
+  # Built shard by shard from the host value, which is the same on every
+  # process: safe on a mesh that spans several hosts.
+  value = np.asarray(x)
+  return jax.make_array_from_callback(
+      value.shape, target, lambda index: value[index])
 
 
 def _shard_like(new, old):
-  """Ties each leaf of ``new`` to the sharding of the matching leaf of
-  ``old``, whatever the partitioner gives ``old`` (from the jit's inputs):
-  under Auto axes, updates then come out sharded like the gradients and the
-  state like the state that went in, instead of as the stacks left them."""
+  """Asks the partitioner to give each leaf of ``new`` the sharding it
+  gives the matching leaf of ``old`` (``jax.experimental.shard_alike``).
+
+  Under Auto axes the jit's output layouts are the partitioner's choice;
+  this ties the updates to the gradients and the new state to the state
+  that came in, rather than to the layout the (split) stacks left them in.
+  """
   if not jax.tree.leaves(new):
     return new
   return shard_alike.shard_alike(new, old)[0]
@@ -487,3 +469,34 @@ def _auto_axes_region(fn, args, out_leaves):
   return jax.sharding.auto_axes(
       fn, axes=tuple(dict.fromkeys(explicit)), out_sharding=out_sharding)(
           *args)
+
+
+def _init_extras(variant, view, param, mu_dtype):
+  """The variant's extra state for one leaf, placed like the param."""
+  leaves = variant.init_leaf(view, momentum_dtype(param.dtype, mu_dtype))
+  axes = variant.state_axes(view)
+  if not axes:
+    return leaves
+  if len(axes) != len(leaves):
+    raise ValueError(
+        f"Variant {variant.name!r}: state_axes gives {len(axes)} entries for "
+        f"{len(leaves)} state leaves.")
+  return tuple(_place_like(x, param, a) for x, a in zip(leaves, axes))
+
+
+def fan_out_axis(view: _matrix.MatrixView) -> int:
+  """The param axis of a view's ``fan_out`` (its last non-batch axis)."""
+  return _matrix_axes(view)[-1]
+
+
+def small_side_axis(view: _matrix.MatrixView) -> int | None:
+  """The param axis of the view's small side, ``None`` if that side is
+  several axes flattened (the fan-in of a conv kernel)."""
+  axes = _matrix_axes(view)
+  if view.transposed:
+    return axes[-1]
+  return axes[0] if len(axes) == 2 else None
+
+
+def _matrix_axes(view: _matrix.MatrixView) -> tuple[int, ...]:
+  return tuple(a for a in range(len(view.shape)) if a not in view.batch_axes)

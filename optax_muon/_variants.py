@@ -36,8 +36,14 @@ _COMMON_ARGS_DOC = """momentum: EMA coefficient ``beta`` of the momentum buffer.
       scanned layers): ``None``, axes for every leaf, or a function
       ``(path, leaf) -> axes``.
     ns_mesh_axis: a mesh axis name (or tuple of names) to split the stacked
-      matrices over, so each device orthogonalises only its share.
-    mesh: the mesh for ``ns_mesh_axis``; ``None`` uses the ambient mesh."""
+      matrices over: each stack of same-shape matrices is padded to a
+      multiple of the axis size and sharded along it, so each device
+      orthogonalises only its share, and the results go back to each
+      param's own sharding (as the reference PyTorch Muon splits params
+      across ranks and all-gathers them). Params may be laid out in any
+      way (replicated, FSDP, tensor-parallel).
+    mesh: the mesh for ``ns_mesh_axis``; ``None`` uses the ambient mesh
+      (``jax.set_mesh``). With neither, the update raises ``ValueError``."""
 
 
 def _check_ns(ns_steps, ns_coeffs):

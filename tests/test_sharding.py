@@ -15,6 +15,7 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import optax_muon as om
@@ -135,3 +136,17 @@ class _nothing:
 
   def __exit__(self, *exc):
     return False
+
+
+@pytest.mark.parametrize("alias", ALIASES, ids=lambda f: f.__name__)
+def test_inject_hyperparams_keeps_the_mesh_static(alias):
+  """A Mesh is callable (a context decorator): unless static, inject_hyperparams
+  would take it for a schedule."""
+  assert "mesh" in om.static_args(alias)
+  mesh = jax.make_mesh((1,), ("x",))
+  tx = optax.inject_hyperparams(alias, static_args=om.static_args(alias))(
+      learning_rate=0.02, ns_mesh_axis="x", mesh=mesh)
+  params = {"w": jnp.ones((8, 16)), "b": jnp.ones(16)}
+  updates, _ = jax.jit(tx.update)(params, tx.init(params), params)
+  assert bool(jnp.all(jnp.isfinite(updates["w"])))
+  assert float(jnp.abs(updates["w"]).max()) > 0
