@@ -27,14 +27,15 @@ from optax_muon import _labels, _matrix, _skeleton, _variants, _weight_decay
 from optax_muon import _newton_schulz as ns
 
 _STATIC = ("ns_steps", "ns_every", "ns_dtype", "mu_dtype", "param_labels",
-           "batch_axes")
+           "batch_axes", "mesh")
 
 
 def static_args(alias) -> tuple[str, ...]:
   """The arguments of ``alias`` that ``optax.inject_hyperparams`` must not
   turn into arrays or schedules: the step counts (``ns_steps``,
   ``ns_every``: Python ints that shape the computation), dtypes (classes
-  look like callables) and ``param_labels`` / ``batch_axes`` (functions).
+  look like callables), ``param_labels`` / ``batch_axes`` (functions) and
+  ``mesh`` (a ``Mesh`` is callable, as a context decorator).
 
   Example: ``optax.inject_hyperparams(om.mommuon,
   static_args=om.static_args(om.mommuon))(learning_rate=0.02)``.

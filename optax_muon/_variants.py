@@ -36,8 +36,14 @@ _COMMON_ARGS_DOC = """momentum: EMA coefficient ``beta`` of the momentum buffer.
       scanned layers): ``None``, axes for every leaf, or a function
       ``(path, leaf) -> axes``.
     ns_mesh_axis: a mesh axis name (or tuple of names) to split the stacked
-      matrices over, so each device orthogonalises only its share.
-    mesh: the mesh for ``ns_mesh_axis``; ``None`` uses the ambient mesh."""
+      matrices over: each stack of same-shape matrices is padded to a
+      multiple of the axis size and sharded along it, so each device
+      orthogonalises only its share, and the results go back to each
+      param's own sharding (as the reference PyTorch Muon splits params
+      across ranks and all-gathers them). Params may be laid out in any
+      way (replicated, FSDP, tensor-parallel).
+    mesh: the mesh for ``ns_mesh_axis``; ``None`` uses the ambient mesh
+      (``jax.set_mesh``). With neither, the update raises ``ValueError``."""
 
 
 def _check_ns(ns_steps, ns_coeffs):
@@ -231,6 +237,7 @@ def scale_by_adamuon(
 
   variant = _skeleton.Variant(
       name="adamuon", state_cls=ScaleByAdaMuonState, init_leaf=init_leaf,
+      state_axes=lambda view: (view.batch_axes,),
       direction=functools.partial(
           _adamuon_direction, beta2=beta2, eps=eps,
           bias_correction=bias_correction, ns_kwargs=dict(
@@ -426,6 +433,9 @@ def scale_by_mommuon(
   variant = _skeleton.Variant(
       name="mommuon", init_leaf=init_leaf,
       state_cls=ScaleByMomMuonGramState if gram else ScaleByMomMuonState,
+      state_axes=lambda view: (
+          view.batch_axes + (_skeleton.small_side_axis(view), None),
+      ) * (2 if gram else 1),
       direction=functools.partial(
           _mommuon_direction, ns_steps=ns_steps, ns_every=ns_every,
           ns_beta=ns_beta, ns_dtype=ns_dtype, ns_average=ns_average))
@@ -552,6 +562,8 @@ def scale_by_normuon(
 
   variant = _skeleton.Variant(
       name="normuon", state_cls=ScaleByNorMuonState, init_leaf=init_leaf,
+      state_axes=lambda view: (
+          view.batch_axes + (_skeleton.fan_out_axis(view),),),
       orientation_matters=True,
       direction=functools.partial(_normuon_direction, beta2=beta2, ns_kwargs=dict(
           ns_steps=ns_steps, ns_coeffs=ns_coeffs, dtype=ns_dtype)))

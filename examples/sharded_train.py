@@ -1,0 +1,237 @@
+"""Data-parallel GPT training with FSDP params and the split Newton–Schulz.
+
+One mesh axis, ``"data"``, over every device: each batch is split over it
+(data parallelism), every param and its optimizer state is sharded over it
+along one axis (FSDP), and Muon's orthogonalisations are split over it
+(``ns_mesh_axis="data"``): each device orthogonalises ``1/n`` of the stacked
+matrices and the results are sent back to each param's shards. JAX's SPMD
+partitioner inserts every collective.
+
+Run it on 8 simulated CPU devices, or unchanged on every GPU of a host::
+
+  python examples/sharded_train.py --simulate 8
+  python examples/sharded_train.py
+
+Across hosts, start the same command on every host with ``--multihost``
+(``jax.distributed.initialize()`` reads the cluster from the environment:
+SLURM, Open MPI, Cloud TPU, or ``JAX_COORDINATOR_ADDRESS`` /
+``JAX_NUM_PROCESSES`` / ``JAX_PROCESS_ID``); each host then feeds its own
+slice of every batch.
+
+Data: the pydoc topics that ship with Python, as bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import time
+
+
+def _parse_args():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--simulate", type=int, default=0,
+                      help="run on this many simulated CPU devices")
+  parser.add_argument("--multihost", action="store_true",
+                      help="call jax.distributed.initialize() first")
+  parser.add_argument("--optimizer", default="muon",
+                      choices=["muon", "adamuon", "mommuon", "ogsignmuon",
+                               "normuon"])
+  parser.add_argument("--no-split", action="store_true",
+                      help="leave ns_mesh_axis unset (every device "
+                           "orthogonalises every matrix)")
+  parser.add_argument("--steps", type=int, default=60)
+  parser.add_argument("--batch-size", type=int, default=32,
+                      help="global batch size (a multiple of the devices)")
+  parser.add_argument("--d-model", type=int, default=64)
+  parser.add_argument("--layers", type=int, default=2)
+  parser.add_argument("--seq-len", type=int, default=64)
+  return parser.parse_args()
+
+
+ARGS = _parse_args()
+if ARGS.simulate:
+  # Must happen before jax is imported.
+  os.environ["XLA_FLAGS"] = (
+      os.environ.get("XLA_FLAGS", "")
+      + f" --xla_force_host_platform_device_count={ARGS.simulate}")
+  os.environ["JAX_PLATFORMS"] = "cpu"
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+from flax import nnx  # noqa: E402
+from jax.sharding import NamedSharding  # noqa: E402
+from jax.sharding import PartitionSpec as P  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import optax_muon as om  # noqa: E402
+
+# ------------------------------------------------------------------ model ----
+# A minimal GPT (pre-LayerNorm decoder blocks). Once examples/tasks/lm.py is
+# on the same branch, its GPT / GPTConfig / loss_fn have the same interface
+# and can replace these three definitions.
+
+
+@dataclasses.dataclass(frozen=True)
+class GPTConfig:
+  vocab_size: int = 256
+  seq_len: int = 64
+  d_model: int = 64
+  n_layers: int = 2
+  n_heads: int = 4
+  mlp_ratio: int = 4
+
+
+class Block(nnx.Module):
+  def __init__(self, config: GPTConfig, rngs: nnx.Rngs):
+    d = config.d_model
+    self.heads = config.n_heads
+    self.ln1 = nnx.LayerNorm(d, rngs=rngs)
+    self.q = nnx.Linear(d, d, use_bias=False, rngs=rngs)
+    self.k = nnx.Linear(d, d, use_bias=False, rngs=rngs)
+    self.v = nnx.Linear(d, d, use_bias=False, rngs=rngs)
+    self.o = nnx.Linear(d, d, use_bias=False, rngs=rngs)
+    self.ln2 = nnx.LayerNorm(d, rngs=rngs)
+    self.fc = nnx.Linear(d, config.mlp_ratio * d, rngs=rngs)
+    self.proj = nnx.Linear(config.mlp_ratio * d, d, rngs=rngs)
+
+  def __call__(self, x):
+    b, t, d = x.shape
+    h = self.ln1(x)
+    split = lambda y: y.reshape(b, t, self.heads, d // self.heads)
+    y = jax.nn.dot_product_attention(
+        split(self.q(h)), split(self.k(h)), split(self.v(h)), is_causal=True)
+    x = x + self.o(y.reshape(b, t, d))
+    return x + self.proj(jax.nn.gelu(self.fc(self.ln2(x))))
+
+
+class GPT(nnx.Module):
+  """``tokens (B, T) -> logits (B, T, vocab)``; the embeddings and the head
+  go to AdamW by name (``om.muon_labels``), the blocks' kernels to Muon."""
+
+  def __init__(self, config: GPTConfig, rngs: nnx.Rngs):
+    init = nnx.initializers.normal(0.02)
+    self.embed = nnx.Embed(config.vocab_size, config.d_model,
+                           embedding_init=init, rngs=rngs)
+    self.pos_embedding = nnx.Param(
+        init(rngs.params(), (config.seq_len, config.d_model)))
+    self.blocks = nnx.List([Block(config, rngs)
+                            for _ in range(config.n_layers)])
+    self.ln_f = nnx.LayerNorm(config.d_model, rngs=rngs)
+    self.head = nnx.Linear(config.d_model, config.vocab_size, use_bias=False,
+                           kernel_init=init, rngs=rngs)
+
+  def __call__(self, tokens):
+    x = self.embed(tokens) + self.pos_embedding[:tokens.shape[-1]]
+    for block in self.blocks:
+      x = block(x)
+    return self.head(self.ln_f(x))
+
+
+def loss_fn(model, batch):
+  """Mean next-token cross-entropy of ``batch`` ``(B, T + 1)``."""
+  logits = model(batch[:, :-1])
+  return optax.softmax_cross_entropy_with_integer_labels(
+      logits.astype(jnp.float32), batch[:, 1:]).mean()
+
+
+# --------------------------------------------------------------- sharding ----
+
+
+def fsdp_spec(shape, axis: str, size: int) -> P:
+  """FSDP: shard the largest axis that ``size`` divides, else replicate."""
+  dims = sorted(range(len(shape)), key=lambda d: -shape[d])
+  for d in dims:
+    if shape[d] % size == 0 and shape[d] >= size:
+      return P(*[axis if i == d else None for i in range(len(shape))])
+  return P()
+
+
+def pin(module, specs):
+  """Constrains a module's state to ``specs`` (inside jit, so that the
+  step's outputs keep their layout from step to step)."""
+  nnx.update(module, jax.lax.with_sharding_constraint(nnx.state(module), specs))
+
+
+def text_bytes() -> np.ndarray:
+  from pydoc_data import topics
+  text = "\n\n".join(topics.topics[k] for k in sorted(topics.topics))
+  return np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.int32)
+
+
+def main(args):
+  if args.multihost:
+    jax.distributed.initialize()
+  n = jax.device_count()
+  if args.batch_size % n:
+    raise ValueError(f"--batch-size {args.batch_size} is not a multiple of "
+                     f"the {n} devices.")
+  # Auto axes: the partitioner places intermediates (FSDP's all-gathers of
+  # the weights in the forward pass); the params' layouts are fixed below.
+  mesh = jax.make_mesh((n,), ("data",),
+                       axis_types=(jax.sharding.AxisType.Auto,))
+  config = GPTConfig(seq_len=args.seq_len, d_model=args.d_model,
+                     n_layers=args.layers)
+  alias = getattr(om, args.optimizer)
+  tx = alias(0.02, adamw_learning_rate=3e-3,
+             ns_mesh_axis=None if args.no_split else "data")
+
+  with jax.set_mesh(mesh):
+    # Build the model directly sharded: shapes first, then create it under
+    # jit with every param constrained to its FSDP spec (no host copy of the
+    # whole model, which matters across hosts).
+    abstract = nnx.eval_shape(lambda: GPT(config, nnx.Rngs(0)))
+    param_specs = jax.tree.map(lambda x: fsdp_spec(x.shape, "data", n),
+                               nnx.state(abstract))
+
+    @nnx.jit
+    def create():
+      model = GPT(config, nnx.Rngs(0))
+      pin(model, param_specs)
+      return model
+
+    model = create()
+    # init runs eagerly on the sharded params: the momentum (and AdamW's
+    # moments) are created with each param's sharding.
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    opt_specs = jax.tree.map(lambda x: x.sharding.spec, nnx.state(optimizer))
+
+    @nnx.jit
+    def train_step(model, optimizer, batch):
+      loss, grads = nnx.value_and_grad(loss_fn)(model, batch)
+      optimizer.update(model, grads)
+      pin(model, param_specs)
+      pin(optimizer, opt_specs)
+      return loss
+
+    tokens = text_bytes()
+    rng = np.random.default_rng(jax.process_index())
+    local = args.batch_size // jax.process_count()
+    batch_sharding = NamedSharding(mesh, P("data"))
+    kernel = model.blocks[0].fc.kernel
+    print(f"{n} devices ({jax.devices()[0].device_kind}), "
+          f"{jax.process_count()} process(es); {args.optimizer}, "
+          f"ns_mesh_axis={None if args.no_split else 'data'}")
+    print(f"blocks[0].fc.kernel {kernel.shape}: {kernel.get_value().sharding.spec}")
+    start = time.perf_counter()
+    for step in range(1, args.steps + 1):
+      starts = rng.integers(len(tokens) - args.seq_len - 1, size=local)
+      windows = np.stack([tokens[s:s + args.seq_len + 1] for s in starts])
+      # Each process gives its own rows; together they form the global batch.
+      batch = jax.make_array_from_process_local_data(batch_sharding, windows)
+      loss = train_step(model, optimizer, batch)
+      if step == 1 or step % 10 == 0 or step == args.steps:
+        print(f"step {step:4d}  loss {float(loss):.4f}  "
+              f"({time.perf_counter() - start:.1f} s)")
+    mu = optimizer.opt_state.inner_states["muon"].inner_state[0].mu
+    print("after training: blocks[0].fc.kernel",
+          model.blocks[0].fc.kernel.get_value().sharding.spec, "its momentum",
+          mu["blocks"][0]["fc"]["kernel"].get_value().sharding.spec)
+
+
+if __name__ == "__main__":
+  main(ARGS)

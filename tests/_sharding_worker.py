@@ -1,0 +1,322 @@
+"""Checks on a device mesh, run by test_sharding.py in a separate process.
+
+The process must start with ``XLA_FLAGS=--xla_force_host_platform_device_count=8``
+(set before jax is imported) so that the CPU backend has 8 devices. Usage::
+
+  python -m tests._sharding_worker steps ALIAS
+  python -m tests._sharding_worker flops
+
+Each command prints one JSON object on its last line: numbers and
+descriptions of what went wrong, which the tests assert on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import jax
+import numpy as np
+import optax
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import optax_muon as om
+from tests import reference as ref
+
+SHAPES = {
+    "rep": (64, 64),
+    "fsdp": (64, 64),
+    "fsdp_tp": (64, 64),
+    "tp_col": (32, 64),
+    "tp_row": (64, 32),  # tall: stacks with tp_col unless orientation matters
+    "conv": (3, 3, 8, 16),
+    "stack": (2, 32, 64),  # two matrices, batch axis 0
+    "bias": (64,),  # AdamW
+}
+STEPS = 2
+LR, WD = 0.02, 0.05
+
+# alias name -> (alias, kwargs, reference class, its kwargs, rtol vs reference)
+ALIASES = {
+    "muon": (om.muon, {}, ref.Muon, {}, 1e-4),
+    "adamuon": (om.adamuon, {}, ref.AdaMuon, {}, 1e-4),
+    # steps 1 and 2 take both branches of the refresh's lax.cond
+    "mommuon_every_2": (om.mommuon, {"ns_every": 2}, ref.MomMuon,
+                        {"ns_every": 2}, 1e-3),
+    "mommuon_gram": (om.mommuon, {"ns_average": "gram", "ns_every": 2},
+                     ref.MomMuon, {"average": "gram", "ns_every": 2}, 1e-3),
+    "ogsignmuon": (om.ogsignmuon, {}, ref.OGSignMuon, {}, 1e-4),
+    "normuon": (om.normuon, {}, ref.NorMuon, {}, 1e-4),
+}
+
+
+def _batch_axes(path, leaf):
+  del path
+  return (0,) if leaf.ndim == 3 else ()
+
+
+# On a ("data", "model") mesh: one leaf of each layout, so that one stack
+# mixes them. FSDP shards a kernel's fan-in over the devices, tensor
+# parallelism (Megatron-style) a kernel's fan-out (column-parallel) or
+# fan-in (row-parallel) over "model".
+MIXED = {
+    "rep": P(),
+    "fsdp": P(("data", "model"), None),
+    "fsdp_tp": P("data", "model"),
+    "tp_col": P(None, "model"),
+    "tp_row": P("model", None),
+    "conv": P(None, None, "data", "model"),
+    "stack": P(None, "data", None),
+    "bias": P("model"),
+}
+# On a ("d",) mesh: every leaf FSDP, its first fan-in axis the size allows.
+FSDP = {
+    "rep": P("d", None),
+    "fsdp": P("d", None),
+    "fsdp_tp": P("d", None),
+    "tp_col": P("d", None),
+    "tp_row": P("d", None),
+    "conv": P(None, None, "d", None),
+    "stack": P(None, "d", None),
+    "bias": P("d"),
+}
+MIXED_MESH = ((2, 4), ("data", "model"))
+FSDP_MESH = ((8,), ("d",))
+
+# layout -> (mesh, axis type, param specs, ns_mesh_axis)
+LAYOUTS = {
+    "mixed": (MIXED_MESH, AxisType.Auto, MIXED, ("data", "model")),
+    "mixed_no_split": (MIXED_MESH, AxisType.Auto, MIXED, None),
+    "mixed_explicit_axes": (MIXED_MESH, AxisType.Explicit, MIXED, "model"),
+    "fsdp_explicit_axes": (FSDP_MESH, AxisType.Explicit, FSDP, "d"),
+}
+
+
+def _params():
+  rng = np.random.default_rng(0)
+  return {k: (0.1 * rng.standard_normal(s)).astype(np.float32)
+          for k, s in SHAPES.items()}
+
+
+def _grads(step):
+  rng = np.random.default_rng(1000 + step)
+  return {k: rng.standard_normal(s).astype(np.float32)
+          for k, s in SHAPES.items()}
+
+
+def _rel(got, want):
+  got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+  return float(np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-30))
+
+
+def _reference_trajectory(alias_name):
+  """Params after each step, from tests/reference.py (float64)."""
+  _, _, ref_cls, ref_kwargs, _ = ALIASES[alias_name]
+  params = _params()
+  out = []
+  directions = {}
+  for k, s in SHAPES.items():
+    if k == "stack":
+      directions[k] = [ref_cls(s[1:], **ref_kwargs) for _ in range(s[0])]
+    elif len(s) >= 2:
+      directions[k] = ref_cls(s, **ref_kwargs)
+  adam = (np.zeros(SHAPES["bias"]), np.zeros(SHAPES["bias"]), 0)
+  want = {k: p.astype(np.float64) for k, p in params.items()}
+  for t in range(STEPS):
+    g = _grads(t)
+    for k in SHAPES:
+      if k == "bias":
+        adam, want[k] = ref.adamw_step(adam, want[k], g[k], 3e-4)
+      elif k == "stack":
+        u = np.stack([v(g[k][i]) for i, v in enumerate(directions[k])])
+        want[k] = ref.sgd_step(want[k], u, LR, WD)
+      else:
+        want[k] = ref.sgd_step(want[k], directions[k](g[k]), LR, WD)
+    out.append(dict(want))
+  return out
+
+
+def _make_tx(alias_name, **mesh_kwargs):
+  alias, kwargs, *_ = ALIASES[alias_name]
+  return alias(LR, weight_decay=WD, batch_axes=_batch_axes, **kwargs,
+               **mesh_kwargs)
+
+
+def _run(tx, params, place=lambda t: t):
+  step = jax.jit(lambda g, s, p: _apply(tx, g, s, p))
+  state = tx.init(params)
+  init_state = state
+  traj = []
+  for t in range(STEPS):
+    params, state = step(place(_grads(t)), state, params)
+    traj.append(params)
+  return traj, init_state, state
+
+
+def _apply(tx, g, s, p):
+  u, s = tx.update(g, s, p)
+  return optax.apply_updates(p, u), s
+
+
+def _muon_state(state):
+  """The Muon-family inner state of an alias's multi_transform state."""
+  return state.inner_states["muon"].inner_state[0]
+
+
+def _expected_state_specs(alias_name, param_specs):
+  """What each state field's leaves should be sharded like, by the rule:
+  mu like the param; per-matrix statistics along the param's batch axes;
+  NorMuon's per-neuron nu like the fan-out axis; MomMuon's (k, k) matrices
+  like the small side's axis on their first axis."""
+  def spec_at(spec, axes):
+    spec = tuple(spec) + (None,) * 8
+    return P(*[None if a is None else spec[a] for a in axes])
+
+  out = {"mu": {}}
+  for k, spec in param_specs.items():
+    if k == "bias":
+      continue
+    out["mu"][k] = spec
+    nd = len(SHAPES[k])
+    batch = (0,) if nd == 3 else ()
+    if alias_name == "adamuon":
+      out.setdefault("nu", {})[k] = spec_at(spec, batch)
+    elif alias_name == "normuon":
+      out.setdefault("nu", {})[k] = spec_at(spec, batch + (nd - 1,))
+    elif alias_name.startswith("mommuon"):
+      shape = SHAPES[k][len(batch):]
+      fan_in, fan_out = int(np.prod(shape[:-1])), shape[-1]
+      if fan_in > fan_out:
+        small = nd - 1
+      else:
+        small = nd - 2 if len(shape) == 2 else None
+      fields = ("precond", "gram") if "gram" in alias_name else ("precond",)
+      for f in fields:
+        out.setdefault(f, {})[k] = spec_at(spec, batch + (small, None))
+  return out
+
+
+def _mismatch(leaf, want, exact):
+  """Whether ``leaf`` is not placed as ``want`` (``exact``), or (not exact)
+  holds more per device than ``want`` would: under Auto axes a jit without
+  ``out_shardings`` lets the partitioner pick the outputs' layouts, and it
+  may shard further, never less."""
+  if leaf.sharding.is_equivalent_to(want, leaf.ndim):
+    return False
+  if exact:
+    return True
+  return (np.prod(leaf.sharding.shard_shape(leaf.shape))
+          > np.prod(want.shard_shape(leaf.shape)))
+
+
+def _sharding_mismatches(state, expected, mesh, when, exact):
+  """Leaves of the Muon-family ``state`` not sharded as ``expected``."""
+  bad = []
+  for field, specs in expected.items():
+    tree = getattr(state, field)
+    for k, spec in specs.items():
+      if _mismatch(tree[k], NamedSharding(mesh, spec), exact):
+        bad.append(f"{when}: {field}/{k} is {tree[k].sharding.spec}, "
+                   f"want {spec}")
+  return bad
+
+
+def _param_shaped_mismatches(tree, specs, mesh, when, exact):
+  """The momenta of the whole optimizer state (Muon's mu, AdamW's mu and
+  nu), or the params, must be sharded like the params."""
+  bad = []
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    name = getattr(path[-1], "key", None)
+    fields = {getattr(k, "name", None) for k in path}
+    if (name in SHAPES and tuple(leaf.shape) == SHAPES[name]
+        and (fields & {"mu", "nu"} or len(path) == 1)):
+      if _mismatch(leaf, NamedSharding(mesh, specs[name]), exact):
+        bad.append(f"{when}: {jax.tree_util.keystr(path)} is "
+                   f"{leaf.sharding.spec}, want {specs[name]}")
+  return bad
+
+
+def cmd_steps(alias_name):
+  """Every layout: params after each step against one device and against
+  the NumPy reference; state shardings after init and after the steps."""
+  rtol_ref = ALIASES[alias_name][4]
+  want = _reference_trajectory(alias_name)
+  params0 = _params()
+  single, _, single_state = _run(_make_tx(alias_name), params0)
+  report = {"layouts": {}}
+  for layout, ((shape, names), axis_type, specs, split) in LAYOUTS.items():
+    mesh = jax.make_mesh(shape, names, axis_types=(axis_type,) * len(shape))
+    place = lambda tree, specs=specs, mesh=mesh: {
+        k: jax.device_put(v, NamedSharding(mesh, specs[k]))
+        for k, v in tree.items()}
+    with jax.set_mesh(mesh):
+      tx = _make_tx(alias_name, ns_mesh_axis=split)
+      traj, init_state, state = _run(tx, place(params0), place)
+    expected = _expected_state_specs(alias_name, specs)
+    exact = axis_type == AxisType.Explicit
+    bad = _sharding_mismatches(_muon_state(init_state), expected, mesh,
+                               "after init", exact=True)
+    bad += _param_shaped_mismatches(init_state, specs, mesh, "after init",
+                                    exact=True)
+    bad += _sharding_mismatches(_muon_state(state), expected, mesh,
+                                "after the steps", exact)
+    bad += _param_shaped_mismatches(state, specs, mesh, "after the steps",
+                                    exact)
+    bad += _param_shaped_mismatches(traj[-1], specs, mesh, "params", exact)
+    vs_single = max(
+        _rel(traj[t][k] - params0[k], single[t][k] - params0[k])
+        for t in range(STEPS) for k in SHAPES)
+    vs_ref = max(
+        _rel(traj[t][k] - params0[k], want[t][k] - params0[k])
+        for t in range(STEPS) for k in SHAPES)
+    state_vs_single = max(
+        _rel(a, b) for a, b in zip(
+            jax.tree.leaves(_muon_state(state)[1:]),
+            jax.tree.leaves(_muon_state(single_state)[1:])))
+    report["layouts"][layout] = {
+        "vs_single_device": vs_single, "vs_reference": vs_ref,
+        "state_vs_single_device": state_vs_single, "rtol_reference": rtol_ref,
+        "sharding_mismatches": bad}
+  return report
+
+
+def cmd_flops():
+  """Per-device flops of the compiled step, replicated params, 8 devices."""
+  shapes = {f"w{i}": (64, 64) for i in range(8)}
+  shapes.update({f"v{i}": (32, 64) for i in range(8)})
+  rng = np.random.default_rng(0)
+  params = {k: rng.standard_normal(s).astype(np.float32)
+            for k, s in shapes.items()}
+  mesh = jax.make_mesh((8,), ("d",), axis_types=(AxisType.Auto,))
+  params = jax.device_put(params, NamedSharding(mesh, P()))
+  out = {}
+  for split in (None, "d"):
+    tx = om.muon(0.02, ns_mesh_axis=split, mesh=mesh)
+    state = tx.init(params)
+    compiled = jax.jit(lambda g, s, p, tx=tx: _apply(tx, g, s, p)).lower(
+        params, state, params).compile()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    out["split" if split else "no_split"] = float(cost["flops"])
+  out["ratio"] = out["split"] / out["no_split"]
+  return out
+
+
+def main(argv):
+  assert jax.device_count() == 8, (
+      "run with XLA_FLAGS=--xla_force_host_platform_device_count=8, got "
+      f"{jax.device_count()} devices ({os.environ.get('XLA_FLAGS')!r})")
+  jax.config.update("jax_default_matmul_precision", "highest")
+  if argv[0] == "steps":
+    report = cmd_steps(argv[1])
+  elif argv[0] == "flops":
+    report = cmd_flops()
+  else:
+    raise SystemExit(f"unknown command {argv[0]!r}")
+  print(json.dumps(report))
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])

@@ -1,0 +1,152 @@
+"""On a device mesh: sharded params and the split Newton–Schulz.
+
+The multi-device checks run in a separate process with 8 simulated CPU
+devices (``XLA_FLAGS=--xla_force_host_platform_device_count=8`` must be set
+before jax is imported), see ``tests/_sharding_worker.py``; the checks that
+need no second device run here.
+"""
+
+import inspect
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import optax_muon as om
+from tests import reference as ref
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORKER_ALIASES = ["muon", "adamuon", "mommuon_every_2", "mommuon_gram",
+                  "ogsignmuon", "normuon"]
+SCALE_BY = [om.scale_by_muon, om.scale_by_adamuon, om.scale_by_mommuon,
+            om.scale_by_ogsignmuon, om.scale_by_normuon]
+ALIASES = [om.muon, om.adamuon, om.mommuon, om.ogsignmuon, om.normuon]
+
+
+def _worker(*args, fast_compile=True):
+  """Runs ``python -m tests._sharding_worker *args`` on 8 CPU devices."""
+  flags = "--xla_force_host_platform_device_count=8"
+  if fast_compile:  # the step checks compile a dozen programs
+    flags += " --xla_backend_optimization_level=0"
+  env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
+  env["PYTHONPATH"] = os.pathsep.join(
+      p for p in (ROOT, env.get("PYTHONPATH")) if p)
+  proc = subprocess.run(
+      [sys.executable, "-m", "tests._sharding_worker", *args], cwd=ROOT,
+      env=env, capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("alias", WORKER_ALIASES)
+def test_sharded_steps_match_one_device_and_reference(alias):
+  """Two steps with params laid out replicated / FSDP / tensor-parallel (all
+  in one tree, so one stack mixes them), with and without ns_mesh_axis,
+  under Auto and Explicit mesh axes: the params match one device to 1e-4
+  and the NumPy reference; the state is sharded like its param."""
+  report = _worker("steps", alias)
+  assert set(report["layouts"]) == {
+      "mixed", "mixed_no_split", "mixed_explicit_axes", "fsdp_explicit_axes"}
+  for layout, r in report["layouts"].items():
+    assert r["vs_single_device"] < 1e-4, (layout, r)
+    assert r["state_vs_single_device"] < 1e-4, (layout, r)
+    assert r["vs_reference"] < r["rtol_reference"], (layout, r)
+    assert r["sharding_mismatches"] == [], (layout, r["sharding_mismatches"])
+
+
+def test_split_cuts_per_device_flops():
+  """16 replicated kernels on 8 devices: with ns_mesh_axis each device
+  orthogonalises 2 of them instead of 16 (ideal ratio 0.125)."""
+  report = _worker("flops", fast_compile=False)
+  assert report["no_split"] > 0
+  assert report["ratio"] <= 0.25, report
+
+
+# ----------------------------------------------------- on one device ----
+
+
+@pytest.mark.parametrize("fn", SCALE_BY + ALIASES,
+                         ids=lambda f: f.__name__)
+def test_every_alias_and_transform_takes_ns_mesh_axis_and_mesh(fn):
+  params = inspect.signature(fn).parameters
+  assert params["ns_mesh_axis"].default is None
+  assert params["mesh"].default is None
+
+
+@pytest.mark.parametrize("fn", SCALE_BY + ALIASES, ids=lambda f: f.__name__)
+def test_ns_mesh_axis_without_any_mesh_raises(fn):
+  params = {"w": jnp.ones((8, 16))}
+  kwargs = {"param_labels": {"w": "muon"}} if fn in ALIASES else {}
+  tx = fn(ns_mesh_axis="data", **kwargs)
+  state = tx.init(params)
+  with pytest.raises(ValueError, match="needs a device mesh"):
+    jax.jit(tx.update)(params, state, params)
+
+
+def test_mesh_without_the_axis_raises():
+  mesh = jax.make_mesh((1,), ("x",))
+  with pytest.raises(ValueError, match=r"names \['data'\]"):
+    om.scale_by_muon(ns_mesh_axis="data", mesh=mesh)
+  with pytest.raises(ValueError, match="tuple of distinct names"):
+    om.muon(ns_mesh_axis=("x", "x"), mesh=mesh)
+
+
+def test_mesh_that_is_not_the_ambient_one_raises():
+  tx = om.scale_by_muon(ns_mesh_axis="x",
+                        mesh=jax.make_mesh((1,), ("x",)))
+  params = {"w": jnp.ones((8, 16))}
+  state = tx.init(params)
+  with jax.set_mesh(jax.make_mesh((1,), ("y",))):
+    with pytest.raises(ValueError, match="not the ambient"):
+      jax.jit(tx.update)(params, state)
+
+
+@pytest.mark.parametrize("ambient", [False, True])
+def test_split_on_a_one_device_mesh_matches_reference(ambient):
+  """Three (8, 16) matrices padded to a multiple of the axis size: the
+  same steps as the NumPy reference, from mesh= or the ambient mesh."""
+  rng = np.random.default_rng(0)
+  shapes = {"a": (8, 16), "b": (8, 16), "c": (16, 8)}
+  mesh = jax.make_mesh((1,), ("x",))
+  tx = om.scale_by_muon(ns_mesh_axis="x", mesh=None if ambient else mesh,
+                        ns_dtype=jnp.float32)
+  refs = {k: ref.Muon(s) for k, s in shapes.items()}
+  params = {k: np.zeros(s, np.float32) for k, s in shapes.items()}
+  with jax.set_mesh(mesh) if ambient else _nothing():
+    state = tx.init(params)
+    for _ in range(2):
+      grads = {k: rng.standard_normal(s).astype(np.float32)
+               for k, s in shapes.items()}
+      updates, state = jax.jit(tx.update)(grads, state)
+      for k in shapes:
+        want = refs[k](grads[k])
+        err = np.linalg.norm(updates[k] - want) / np.linalg.norm(want)
+        assert err < 1e-4, (k, err)
+
+
+class _nothing:
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    return False
+
+
+@pytest.mark.parametrize("alias", ALIASES, ids=lambda f: f.__name__)
+def test_inject_hyperparams_keeps_the_mesh_static(alias):
+  """A Mesh is callable (a context decorator): unless static, inject_hyperparams
+  would take it for a schedule."""
+  assert "mesh" in om.static_args(alias)
+  mesh = jax.make_mesh((1,), ("x",))
+  tx = optax.inject_hyperparams(alias, static_args=om.static_args(alias))(
+      learning_rate=0.02, ns_mesh_axis="x", mesh=mesh)
+  params = {"w": jnp.ones((8, 16)), "b": jnp.ones(16)}
+  updates, _ = jax.jit(tx.update)(params, tx.init(params), params)
+  assert bool(jnp.all(jnp.isfinite(updates["w"])))
+  assert float(jnp.abs(updates["w"]).max()) > 0
