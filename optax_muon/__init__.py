@@ -32,6 +32,7 @@ __all__ = (
     "HEAD_NAMES",
     "MatrixView",
     "ScaleByAdaMuonState",
+    "ScaleByMomMuonGramState",
     "ScaleByMomMuonState",
     "ScaleByMuonState",
     "ScaleByNorMuonState",

@@ -218,6 +218,7 @@ def mommuon(
     ns_steps: int = 15,
     ns_every: int = 1,
     ns_beta: float = 0.9,
+    ns_average: str = "preconditioner",
     nesterov: bool = True,
     ns_coeffs: ns.NsCoeffs = "quintic",
     ns_dtype: DTypeLike | None = None,
@@ -243,7 +244,9 @@ def mommuon(
   Args:
     {alias}
     ns_every: refresh the preconditioner every this many steps.
-    ns_beta: EMA coefficient of the preconditioner average.
+    ns_beta: EMA coefficient of the preconditioner (or Gram) average.
+    ns_average: ``"preconditioner"`` (the seed) or ``"gram"``; see
+      :func:`scale_by_mommuon`.
     {common}
 
   Returns:
@@ -253,7 +256,8 @@ def mommuon(
   return _alias(
       _variants.scale_by_mommuon(
           momentum, ns_steps=ns_steps, ns_every=ns_every, ns_beta=ns_beta,
-          nesterov=nesterov, ns_dtype=ns_dtype, shape_scale=shape_scale,
+          ns_average=ns_average, nesterov=nesterov, ns_dtype=ns_dtype,
+          shape_scale=shape_scale,
           mu_dtype=mu_dtype, batch_axes=batch_axes,
           ns_mesh_axis=ns_mesh_axis, mesh=mesh),
       learning_rate, weight_decay, cautious_weight_decay, adamw_learning_rate,

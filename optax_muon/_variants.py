@@ -277,35 +277,60 @@ def inverse_sqrt(y: jax.Array, ns_steps: int, dtype=None) -> jax.Array:
   return z
 
 
+class ScaleByMomMuonGramState(NamedTuple):
+  """State of :func:`scale_by_mommuon` with ``ns_average="gram"``."""
+  count: jax.Array
+  mu: optax.Updates
+  precond: optax.Updates  # inverse square root of ``gram``, batch + (k, k)
+  gram: optax.Updates  # running average of G_n G_n^T, batch + (k, k)
+
+
+def _small_gram(g_n):
+  return ns._matmul(g_n, jnp.swapaxes(g_n, -1, -2))
+
+
 def _mommuon_direction(m, states, count, transposed, *, ns_steps, ns_every,
-                       ns_beta, ns_dtype):
+                       ns_beta, ns_dtype, ns_average):
   del transposed
-  (precond,) = states
   g_n = ns.normalize_frobenius(m, 1e-7)
+  precond = states[0]
   # Per matrix: a zero momentum has nothing to whiten (inverse_sqrt of a zero
-  # Gram matrix is 1.5^ns_steps I), so it leaves P as it is; P = 0 means no
-  # refresh has set it yet, and the next nonzero momentum does, on or off
-  # schedule (a zero first gradient, e.g. below a zero-initialised layer,
-  # must not fix P at 1.5^ns_steps I).
+  # Gram matrix is 1.5^ns_steps I), so it leaves the state as it is; P = 0
+  # means no refresh has set it yet, and the next nonzero momentum does, on
+  # or off schedule (a zero first gradient, e.g. below a zero-initialised
+  # layer, must not fix P at 1.5^ns_steps I).
   unset = jnp.all(precond == 0, axis=(-2, -1), keepdims=True)
   zero = jnp.all(g_n == 0, axis=(-2, -1), keepdims=True)
   scheduled = count == 1
   if ns_every > 0:
     scheduled = scheduled | ((count - 1) % ns_every == 0)
 
-  def refresh(p):
-    gram = ns._matmul(g_n, jnp.swapaxes(g_n, -1, -2))
-    z = inverse_sqrt(gram, ns_steps, ns_dtype)
-    new = jnp.where(unset, z, jnp.where(
-        scheduled, ns_beta * p + (1 - ns_beta) * z, p))
-    return jnp.where(zero, p, new).astype(p.dtype)
+  if ns_average == "gram":
+    gram = states[1]
+    y = _small_gram(g_n)
+    gram_unset = jnp.all(gram == 0, axis=(-2, -1), keepdims=True)
+    gram = jnp.where(zero, gram, jnp.where(
+        gram_unset, y, ns_beta * gram + (1 - ns_beta) * y)).astype(gram.dtype)
+    empty = jnp.all(gram == 0, axis=(-2, -1), keepdims=True)
+
+    def refresh(p):
+      z = inverse_sqrt(gram, ns_steps, ns_dtype)
+      return jnp.where(empty, p, z).astype(p.dtype)
+  else:
+
+    def refresh(p):
+      z = inverse_sqrt(_small_gram(g_n), ns_steps, ns_dtype)
+      new = jnp.where(unset, z, jnp.where(
+          scheduled, ns_beta * p + (1 - ns_beta) * z, p))
+      return jnp.where(zero, p, new).astype(p.dtype)
 
   if ns_every == 1:
     precond = refresh(precond)
   else:
     precond = jax.lax.cond(scheduled | jnp.any(unset & ~zero), refresh,
                            lambda p: p, precond)
-  return ns._matmul(precond, g_n), (precond,)
+  new_states = (precond, gram) if ns_average == "gram" else (precond,)
+  return ns._matmul(precond, g_n), new_states
 
 
 def scale_by_mommuon(
@@ -314,6 +339,7 @@ def scale_by_mommuon(
     ns_steps: int = 15,
     ns_every: int = 1,
     ns_beta: float = 0.9,
+    ns_average: str = "preconditioner",
     nesterov: bool = True,
     ns_dtype: DTypeLike | None = None,
     shape_scale: str = "spectral",
@@ -338,6 +364,18 @@ def scale_by_mommuon(
   ``ns_every=0`` refreshes only on the first step. The refresh runs under
   ``lax.cond``: steps that do not refresh run no Newton–Schulz.
 
+  ``ns_average="gram"`` averages the Gram matrices instead of their inverse
+  square roots, and whitens the average on refresh steps (Shampoo's recipe:
+  statistics every step, the root every ``ns_every`` steps)::
+
+    Ybar = G_n G_n^T  (t = 1)   else   ns_beta * Ybar + (1 - ns_beta) * G_n G_n^T
+    on a refresh step:  P = inverse_sqrt(Ybar, ns_steps)
+    u = P G_n * s
+
+  Averaging inverse square roots of changing Gram matrices (the seed's
+  ``"preconditioner"`` averaging) keeps the huge gains of directions that
+  were small in old gradients; averaging the Gram matrices first does not.
+
   A matrix whose momentum is all zero gets a zero update and leaves ``P``
   unchanged (``Y = 0`` has no inverse square root; the iteration would
   return ``1.5^ns_steps I``); until a nonzero momentum has set it, ``P``
@@ -360,28 +398,37 @@ def scale_by_mommuon(
     ns_steps: steps of the coupled inverse-square-root iteration.
     ns_every: refresh the preconditioner every this many steps (0: only on
       the first step).
-    ns_beta: EMA coefficient of the preconditioner average (0: use the fresh
-      whitening at every refresh).
+    ns_beta: EMA coefficient of the average (0: use the fresh whitening at
+      every refresh).
+    ns_average: ``"preconditioner"`` (the seed: average the inverse square
+      roots) or ``"gram"`` (average the Gram matrices, whiten the average).
     {common_rest_no_coeffs}
 
   Returns:
-    A ``GradientTransformation`` whose state is :class:`ScaleByMomMuonState`.
+    A ``GradientTransformation`` whose state is :class:`ScaleByMomMuonState`
+    (:class:`ScaleByMomMuonGramState` with ``ns_average="gram"``).
   """
   ns_steps = ns._static_int(ns_steps, "ns_steps")
   ns_every = ns._static_int(ns_every, "ns_every")
   if ns_steps < 1 or ns_every < 0:
     raise ValueError(
         f"Need ns_steps >= 1 and ns_every >= 0, got {ns_steps}, {ns_every}.")
+  if ns_average not in ("preconditioner", "gram"):
+    raise ValueError(
+        f"ns_average must be 'preconditioner' or 'gram', got {ns_average!r}.")
+  gram = ns_average == "gram"
 
   def init_leaf(view, dtype):
     k = view.small_side
-    return (jnp.zeros(view.batch_shape + (k, k), jnp.float32),)
+    zeros = jnp.zeros(view.batch_shape + (k, k), jnp.float32)
+    return (zeros, zeros) if gram else (zeros,)
 
   variant = _skeleton.Variant(
-      name="mommuon", state_cls=ScaleByMomMuonState, init_leaf=init_leaf,
+      name="mommuon", init_leaf=init_leaf,
+      state_cls=ScaleByMomMuonGramState if gram else ScaleByMomMuonState,
       direction=functools.partial(
           _mommuon_direction, ns_steps=ns_steps, ns_every=ns_every,
-          ns_beta=ns_beta, ns_dtype=ns_dtype))
+          ns_beta=ns_beta, ns_dtype=ns_dtype, ns_average=ns_average))
   return _skeleton.scale_by_muon_family(
       variant, momentum=momentum, nesterov=nesterov, shape_scale=shape_scale,
       mu_dtype=mu_dtype, batch_axes=batch_axes, ns_mesh_axis=ns_mesh_axis,

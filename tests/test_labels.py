@@ -1,0 +1,113 @@
+"""Routing: muon_labels, label validation, and the errors users see."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import optax_muon as om
+
+
+def _tree():
+  return {
+      "embed": {"embedding": np.zeros((50, 8), np.float32)},
+      "blocks": [{"attn": {"kernel": np.zeros((8, 24), np.float32),
+                           "bias": np.zeros(24, np.float32)},
+                  "norm": {"scale": np.ones(8, np.float32)}}],
+      "conv": {"kernel": np.zeros((3, 3, 4, 8), np.float32)},
+      "lm_head": {"kernel": np.zeros((8, 50), np.float32)},
+      "classifier": {"kernel": np.zeros((8, 10), np.float32)},
+      "temperature": np.float32(1.0),
+  }
+
+
+def test_default_rule():
+  labels = om.muon_labels(_tree())
+  assert labels["embed"]["embedding"] == "adamw"
+  assert labels["blocks"][0]["attn"]["kernel"] == "muon"
+  assert labels["blocks"][0]["attn"]["bias"] == "adamw"
+  assert labels["blocks"][0]["norm"]["scale"] == "adamw"
+  assert labels["conv"]["kernel"] == "muon"
+  assert labels["lm_head"]["kernel"] == "adamw"
+  assert labels["classifier"]["kernel"] == "adamw"
+  assert labels["temperature"] == "adamw"
+
+
+def test_extend_and_force_the_rule():
+  labels = om.muon_labels(
+      _tree(), adamw_names=om.EMBEDDING_NAMES + om.HEAD_NAMES + ("conv",))
+  assert labels["conv"]["kernel"] == "adamw"
+  assert labels["blocks"][0]["attn"]["kernel"] == "muon"
+  labels = om.muon_labels(_tree(), muon_names=("lm_head",))
+  assert labels["lm_head"]["kernel"] == "muon"
+  assert labels["embed"]["embedding"] == "adamw"
+
+
+def test_nnx_module_labels():
+  class Net(nnx.Module):
+    def __init__(self, rngs):
+      self.embed = nnx.Embed(20, 8, rngs=rngs)
+      self.hidden = nnx.Linear(8, 16, rngs=rngs)
+      self.norm = nnx.LayerNorm(16, rngs=rngs)
+      self.head = nnx.Linear(16, 20, rngs=rngs)
+
+  state = nnx.state(Net(nnx.Rngs(0)), nnx.Param)
+  flat = dict(nnx.to_flat_state(om.muon_labels(nnx.as_pure(state))))
+  assert flat[("embed", "embedding")] == "adamw"
+  assert flat[("hidden", "kernel")] == "muon"
+  assert flat[("hidden", "bias")] == "adamw"
+  assert flat[("norm", "scale")] == "adamw"
+  assert flat[("head", "kernel")] == "adamw"
+
+
+def test_unknown_label_names_leaf_and_label():
+  tree = _tree()
+  labels = om.muon_labels(tree)
+  labels["conv"]["kernel"] = "sgd"
+  tx = om.muon(param_labels=labels)
+  with pytest.raises(ValueError, match=r"'sgd'.*'conv/kernel'.*'muon' or 'adamw'"):
+    tx.init(tree)
+
+
+def test_vector_routed_to_muon_names_leaf():
+  tree = _tree()
+  labels = om.muon_labels(tree)
+  labels["blocks"][0]["attn"]["bias"] = "muon"
+  with pytest.raises(ValueError, match=r"blocks/0/attn/bias.*shape \(24,\).*AdamW"):
+    om.muon(param_labels=labels).init(tree)
+  with pytest.raises(ValueError, match=r"'b'.*shape \(3,\)"):
+    om.scale_by_muon().init({"b": jnp.zeros(3)})
+
+
+def test_label_tree_that_does_not_match():
+  tree = _tree()
+  labels = om.muon_labels(tree)
+  del labels["classifier"]
+  with pytest.raises(ValueError, match=r"does not match.*classifier"):
+    om.muon(param_labels=labels).init(tree)
+
+
+def test_non_floating_leaf_routed_to_muon():
+  tree = {"ids": np.zeros((4, 4), np.int32)}
+  with pytest.raises(ValueError, match=r"'ids'.*int32.*floating"):
+    om.muon(param_labels={"ids": "muon"}).init(tree)
+
+
+def test_batch_axes_that_do_not_fit():
+  tree = {"w": jnp.zeros((2, 8, 8))}
+  with pytest.raises(ValueError, match=r"batch_axes \(3,\).*'w'"):
+    om.scale_by_muon(batch_axes=(3,)).init(tree)
+  with pytest.raises(ValueError, match=r"fewer than 2 matrix axes.*'w'"):
+    om.scale_by_muon(batch_axes=(0, 1)).init(tree)
+
+
+def test_label_function_and_tree_are_equivalent():
+  tree = _tree()
+  tree["blocks"][0]["attn"]["kernel"] = np.ones((8, 24), np.float32)
+  grads = jax.tree.map(lambda x: np.ones_like(x) * 0.5, tree)
+  by_fn = om.muon(param_labels=om.muon_labels)
+  by_tree = om.muon(param_labels=om.muon_labels(tree))
+  u1, _ = by_fn.update(grads, by_fn.init(tree), tree)
+  u2, _ = by_tree.update(grads, by_tree.init(tree), tree)
+  jax.tree.map(np.testing.assert_array_equal, u1, u2)
