@@ -128,7 +128,7 @@ def _divide_by_max(xs):
 
 def ema_rms(rms: jax.Array, norm: jax.Array, beta2) -> jax.Array:
   """``sqrt(beta2 * rms^2 + (1 - beta2) * norm^2)`` without forming the
-  squares, so it is finite and exact for norms from 1e-30 to 1e30 (and the
+  squares, so it is finite and accurate for norms from 1e-30 to 1e30 (and the
   float32 limits) alike."""
   (r, n), s = _divide_by_max([rms, norm])
   return s * jnp.sqrt(beta2 * jnp.square(r) + (1 - beta2) * jnp.square(n))

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 import optax_muon as om
 
-SETTINGS = settings(max_examples=30, deadline=None)
+SETTINGS = settings(max_examples=25, deadline=None)
 
 DIMS = (1, 2, 3, 5, 8)
 KINDS = ("row", "col", "tall", "wide", "square", "conv", "stacked")
