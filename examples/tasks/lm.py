@@ -227,7 +227,8 @@ def make_task(*, data_dir: str | None = None, tiny: bool = False,
              f"{batch_size}; {data_desc}; metric: validation loss on "
              f"{len(val)} windows")
   return Task(
-      name="lm", summary=summary, make_model=lambda rngs: GPT(config, rngs), loss=loss_fn,
+      name="lm", summary=summary, make_model=lambda rngs: GPT(config, rngs),
+      loss=loss_fn,
       batches=lambda rng: random_windows(train, length, batch_size, rng),
       evaluate=evaluate, metric="val_loss", higher_is_better=False,
       learning_rates=LEARNING_RATES, default_steps=DEFAULT_STEPS,
