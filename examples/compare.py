@@ -23,6 +23,7 @@ non-finite numbers (a diverged run) are written as ``null``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -75,6 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
       "--lr-grid", default=None,
       help="comma-separated learning rates for --lr-sweep (default: "
       "1e-4..1 in half-decades)")
+  parser.add_argument(
+      "--warmup", type=float, default=None,
+      help="fraction of the steps with a linear learning-rate warmup "
+      "(default: the task's)")
+  parser.add_argument(
+      "--cooldown", type=float, default=None,
+      help="fraction of the steps, at the end, with a linear decay to zero "
+      "(default: the task's)")
   parser.add_argument("--num-evals", type=int, default=10,
                       help="evaluations of the metric per run")
   parser.add_argument("--tiny", action="store_true",
@@ -116,6 +125,10 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, dict]:
         name, overrides[name])) for name in names}
     if args.steps is not None and args.steps < 1:
       raise ValueError("--steps must be at least 1.")
+    for flag in ("warmup", "cooldown"):
+      value = getattr(args, flag)
+      if value is not None and not 0 <= value <= 1:
+        raise ValueError(f"--{flag} must be a fraction in [0, 1].")
     if args.lr_grid is not None:
       args.lr_grid = [float(v) for v in args.lr_grid.split(",") if v.strip()]
       if not args.lr_grid or min(args.lr_grid) <= 0:
@@ -247,6 +260,14 @@ def _machine() -> str:
           f"JAX {jax.__version__} {jax.default_backend()}")
 
 
+def _load_average() -> float | None:
+  """The 1-minute load average (other processes slow the timings down)."""
+  try:
+    return round(os.getloadavg()[0], 2)
+  except (AttributeError, OSError):
+    return None
+
+
 def main(argv=None) -> dict:
   """Runs the comparison; returns what it writes to ``results.json``."""
   args, plan = parse_args(argv)
@@ -256,6 +277,10 @@ def main(argv=None) -> dict:
   except (DataError, FileNotFoundError, NotADirectoryError) as e:
     raise SystemExit(f"compare.py: error: {e}") from None
   steps = args.steps or task.default_steps
+  task = dataclasses.replace(
+      task,
+      warmup=task.warmup if args.warmup is None else args.warmup,
+      cooldown=task.cooldown if args.cooldown is None else args.cooldown)
   out = Path(args.out or f"results/{args.task}")
   out.mkdir(parents=True, exist_ok=True)
 
@@ -270,8 +295,10 @@ def main(argv=None) -> dict:
           name, task.learning_rates, options), options))
 
   print(f"task {task.name}: {task.summary}")
-  print(f"{steps} steps, seed {args.seed}, {_machine()}")
+  print(f"{steps} steps (warmup {task.warmup:g}, cooldown {task.cooldown:g}),"
+        f" seed {args.seed}, {_machine()}")
   adamw_lr = task.learning_rates["adamw"]
+  load_before = _load_average()
   results = []
   for name, lr, options in jobs:
     tx = opt_registry.build(name, lr, options, adamw_learning_rate=adamw_lr)
@@ -291,8 +318,11 @@ def main(argv=None) -> dict:
       "steps": steps,
       "runs": [r.to_json() for r in results],
       "seed": args.seed,
+      "warmup": task.warmup,
+      "cooldown": task.cooldown,
       "summary": task.summary,
       "machine": _machine(),
+      "load_average": [load_before, _load_average()],
       "command": "python examples/compare.py " + shlex.join(
           sys.argv[1:] if argv is None else list(argv)),
       "lr_sweep": bool(args.lr_sweep),

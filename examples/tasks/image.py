@@ -26,7 +26,7 @@ from examples.training import Task
 
 #: Default learning rates (see examples/README.md for the AdamW sweep).
 LEARNING_RATES = {"adamw": 3e-3, "muon": 0.02}
-DEFAULT_STEPS = 2000
+DEFAULT_STEPS = 1000
 BATCH_SIZE = 128
 
 
@@ -100,7 +100,7 @@ def epoch_batches(x: np.ndarray, y: np.ndarray, batch_size: int,
 
 def _load(data_dir: str | None, tiny: bool):
   if data_dir is None:
-    data = mnist1d.load()
+    data = mnist1d.load(num_samples=500 if tiny else None)
     desc = "MNIST-1D (generated), 4,000 train / 1,000 test"
     spatial = 1
   else:

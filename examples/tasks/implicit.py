@@ -28,10 +28,12 @@ from examples.data import DataError, images
 from examples.training import Task
 
 #: Default learning rates (see examples/README.md for the AdamW sweep).
-LEARNING_RATES = {"adamw": 3e-3, "muon": 0.02}
+LEARNING_RATES = {"adamw": 1e-2, "muon": 0.02}
 DEFAULT_STEPS = 500
 IMAGE = "astronaut"
 SIZE = 64
+#: Fourier features, hidden width, hidden layers, frequency scale sigma.
+NUM_FEATURES, WIDTH, DEPTH, SIGMA = 64, 64, 3, 10.0
 #: Learning rates of ``--lr-sweep`` (half-decades).
 LR_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)
 
@@ -101,7 +103,7 @@ def make_task(*, data_dir: str | None = None, tiny: bool = False) -> Task:
   image = images.load(IMAGE, size)
   coords, rgb = pixel_grid(size), image.reshape(-1, 3)
   num_features, width, depth, sigma = (16, 32, 2, 4.0) if tiny else (
-      128, 128, 3, 10.0)
+      NUM_FEATURES, WIDTH, DEPTH, SIGMA)
 
   def batches(rng: np.random.Generator) -> Iterator[tuple[np.ndarray, ...]]:
     del rng  # full batch: every step sees every pixel

@@ -33,9 +33,9 @@ from examples.training import Task
 #: Default learning rates (see examples/README.md for the AdamW sweep).
 LEARNING_RATES = {"adamw": 3e-3, "muon": 0.02}
 DEFAULT_STEPS = 300
-BATCH_SIZE = 32
+BATCH_SIZE = 16
 #: Validation windows evaluated (fewer when the validation text is shorter).
-EVAL_WINDOWS = 256
+EVAL_WINDOWS = 128
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +52,7 @@ class GPTConfig:
   """
 
   vocab_size: int = 256
-  seq_len: int = 128
+  seq_len: int = 64
   d_model: int = 128
   n_layers: int = 4
   n_heads: int = 4
