@@ -16,8 +16,11 @@ prints a results table and writes ``OUT/results.json`` and PNG plots::
    "history": [[step, loss], ...], ...}], ...}
 
 ``final_train_loss`` is the mean loss of the last 10 steps; ``seconds`` the
-run's wall time (model build, compilation, training and evaluations);
-non-finite numbers (a diverged run) are written as ``null``.
+run's wall time (model build, compilation, training and evaluations),
+``cpu_seconds`` its CPU time (all threads; a fairer figure when other
+processes share the machine), ``step_ms`` the mean wall time of a training
+step after the first (which compiles); non-finite numbers (a diverged run) are
+written as ``null``.
 """
 
 from __future__ import annotations

@@ -74,6 +74,7 @@ class RunResult:
   metric: str
   seconds: float
   step_ms: float
+  cpu_seconds: float = math.nan
 
   @property
   def final_train_loss(self) -> float:
@@ -96,6 +97,7 @@ class RunResult:
         # Beyond the required schema:
         "eval_history": [[s, _finite_or_none(v)] for s, v in self.eval_history],
         "step_ms": round(self.step_ms, 3),
+        "cpu_seconds": round(self.cpu_seconds, 3),
         "options": {k: _jsonable(v) for k, v in self.options.items()},
     }
 
@@ -192,7 +194,7 @@ def train(task: Task, tx: optax.GradientTransformation, *, steps: int,
   """
   from tqdm.auto import tqdm
 
-  start = time.perf_counter()
+  start, cpu_start = time.perf_counter(), time.process_time()
   model = task.make_model(nnx.Rngs(seed))
   optimizer = nnx.Optimizer(
       model, with_schedule(tx, steps, task.warmup, task.cooldown),
@@ -237,4 +239,5 @@ def train(task: Task, tx: optax.GradientTransformation, *, steps: int,
       options=dict(options or {}), history=history,
       eval_history=eval_history, metric=task.metric,
       seconds=time.perf_counter() - start,
-      step_ms=1000 * step_seconds / max(steps - 1, 1))
+      step_ms=1000 * step_seconds / max(steps - 1, 1),
+      cpu_seconds=time.process_time() - cpu_start)

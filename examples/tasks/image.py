@@ -25,7 +25,7 @@ from examples.data import cifar10, mnist1d
 from examples.training import Task
 
 #: Default learning rates (see examples/README.md for the AdamW sweep).
-LEARNING_RATES = {"adamw": 3e-3, "muon": 0.02}
+LEARNING_RATES = {"adamw": 1e-2, "muon": 0.02}
 DEFAULT_STEPS = 1000
 BATCH_SIZE = 128
 

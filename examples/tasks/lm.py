@@ -31,7 +31,7 @@ from examples.data import fineweb, pydoc_text
 from examples.training import Task
 
 #: Default learning rates (see examples/README.md for the AdamW sweep).
-LEARNING_RATES = {"adamw": 3e-3, "muon": 0.02}
+LEARNING_RATES = {"adamw": 1e-3, "muon": 0.02}
 DEFAULT_STEPS = 300
 BATCH_SIZE = 16
 #: Validation windows evaluated (fewer when the validation text is shorter).
@@ -232,4 +232,4 @@ def make_task(*, data_dir: str | None = None, tiny: bool = False,
       batches=lambda rng: random_windows(train, length, batch_size, rng),
       evaluate=evaluate, metric="val_loss", higher_is_better=False,
       learning_rates=LEARNING_RATES, default_steps=DEFAULT_STEPS,
-      warmup=0.0, cooldown=0.3)
+      warmup=0.05, cooldown=0.3)
