@@ -149,20 +149,18 @@ def format_table(task: training.Task, steps: int,
   best = (max if task.higher_is_better else min)(finite) if finite else None
   lines = [
       f"| optimizer | learning rate | final train loss | {task.metric} | "
-      "seconds | ms/step |",
-      "|---|---:|---:|---:|---:|---:|",
+      "seconds | CPU seconds | ms/step |",
+      "|---|---:|---:|---:|---:|---:|---:|",
   ]
   for r, v in zip(results, values):
     metric = f"{v:.4f}" if math.isfinite(v) else "diverged"
     if best is not None and v == best:
       metric = f"**{metric}**"
     loss = r.final_train_loss
+    loss = f"{loss:.4g}" if math.isfinite(loss) else "diverged"
     lines.append(
-        f"| {r.optimizer} | {r.learning_rate:.3g} | "
-        f"{loss:.4f} | {metric} | {r.seconds:.1f} | {r.step_ms:.1f} |"
-        if math.isfinite(loss) else
-        f"| {r.optimizer} | {r.learning_rate:.3g} | diverged | {metric} | "
-        f"{r.seconds:.1f} | {r.step_ms:.1f} |")
+        f"| {r.optimizer} | {r.learning_rate:.3g} | {loss} | {metric} | "
+        f"{r.seconds:.1f} | {r.cpu_seconds:.1f} | {r.step_ms:.1f} |")
   return "\n".join(lines)
 
 
@@ -302,6 +300,7 @@ def main(argv=None) -> dict:
         f" seed {args.seed}, {_machine()}")
   adamw_lr = task.learning_rates["adamw"]
   load_before = _load_average()
+  wall_start, cpu_start = time.perf_counter(), time.process_time()
   results = []
   for name, lr, options in jobs:
     tx = opt_registry.build(name, lr, options, adamw_learning_rate=adamw_lr)
@@ -316,6 +315,8 @@ def main(argv=None) -> dict:
   table = format_table(task, steps, results)
   print()
   print(table)
+  print(f"\ntotal {time.perf_counter() - wall_start:.1f} s wall, "
+        f"{time.process_time() - cpu_start:.1f} s CPU")
   record = {
       "task": task.name,
       "steps": steps,
