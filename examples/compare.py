@@ -31,6 +31,7 @@ import json
 import math
 import os
 import platform
+import re
 import shlex
 import sys
 import time
@@ -254,6 +255,15 @@ def plot_sweep(task: training.Task, results: list[training.RunResult],
   return path
 
 
+def to_json_text(record: dict) -> str:
+  """``record`` as indented JSON with each ``[step, value]`` pair on one
+  line."""
+  text = json.dumps(record, indent=1)
+  number = r"(-?[0-9][0-9.eE+-]*|null)"
+  return re.sub(rf"\[\s+{number},\s+{number}\s+\]", r"[\1, \2]",
+                text) + "\n"
+
+
 def _machine() -> str:
   import jax
 
@@ -332,7 +342,7 @@ def main(argv=None) -> dict:
       "lr_sweep": bool(args.lr_sweep),
       "date": time.strftime("%Y-%m-%d %H:%M:%S"),
   }
-  (out / "results.json").write_text(json.dumps(record, indent=1) + "\n")
+  (out / "results.json").write_text(to_json_text(record))
   (out / "table.md").write_text(table + "\n")
   if args.lr_sweep:
     plots = [plot_sweep(task, results, out)]

@@ -103,9 +103,10 @@ class RunResult:
 
 
 def _finite_or_none(x: float) -> float | None:
-  """JSON has no NaN or infinity: a diverged run's numbers become ``null``."""
+  """JSON has no NaN or infinity: a diverged run's numbers become ``null``.
+  Finite numbers keep 7 significant digits (float32 precision)."""
   x = float(x)
-  return x if math.isfinite(x) else None
+  return float(f"{x:.7g}") if math.isfinite(x) else None
 
 
 def _jsonable(x: Any) -> Any:

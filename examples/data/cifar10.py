@@ -31,11 +31,13 @@ def find(data_dir: str | Path) -> Path:
   for folder in (data_dir, data_dir / FOLDER):
     if all((folder / name).is_file() for name in TRAIN_FILES + (TEST_FILE,)):
       return folder
+  folder = data_dir / FOLDER if (data_dir / FOLDER).is_dir() else data_dir
   missing = [name for name in TRAIN_FILES + (TEST_FILE,)
-             if not (data_dir / name).is_file()]
+             if not (folder / name).is_file()]
   raise DataError(
-      f"--data-dir {str(data_dir)!r}: expected {EXPECTED}; missing "
-      f"{', '.join(missing)}.")
+      f"--data-dir {str(data_dir)!r}: expected {EXPECTED}; "
+      + (f"missing {', '.join(missing)} in {str(folder)!r}." if len(missing) < 6
+         else "found none of them."))
 
 
 def read_batch(path: str | Path) -> tuple[np.ndarray, np.ndarray]:

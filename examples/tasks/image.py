@@ -24,7 +24,8 @@ from flax import nnx
 from examples.data import cifar10, mnist1d
 from examples.training import Task
 
-#: Default learning rates (see examples/README.md for the AdamW sweep).
+#: Default learning rates (see examples/README.md for the sweeps).
+#: AdamW's from {1e-3, 3e-3, 1e-2, 3e-2}.
 LEARNING_RATES = {"adamw": 1e-2, "muon": 0.02}
 DEFAULT_STEPS = 1000
 BATCH_SIZE = 128

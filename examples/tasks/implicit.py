@@ -27,7 +27,8 @@ from flax import nnx
 from examples.data import DataError, images
 from examples.training import Task
 
-#: Default learning rates (see examples/README.md for the AdamW sweep).
+#: Default learning rates (see examples/README.md for the sweeps).
+#: AdamW's from the --lr-sweep grid.
 LEARNING_RATES = {"adamw": 1e-2, "muon": 0.02}
 DEFAULT_STEPS = 500
 IMAGE = "astronaut"

@@ -30,8 +30,9 @@ from flax import nnx
 from examples.data import fineweb, pydoc_text
 from examples.training import Task
 
-#: Default learning rates (see examples/README.md for the AdamW sweep).
-LEARNING_RATES = {"adamw": 1e-3, "muon": 0.02}
+#: Default learning rates (see examples/README.md for the sweeps). AdamW's
+#: from {5e-4, 1e-3, 2e-3}; OGSignMuon's from {0.005, 0.01, 0.02, 0.05}.
+LEARNING_RATES = {"adamw": 1e-3, "muon": 0.02, "ogsignmuon": 0.01}
 DEFAULT_STEPS = 300
 BATCH_SIZE = 16
 #: Validation windows evaluated (fewer when the validation text is shorter).
