@@ -142,7 +142,7 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, dict]:
   return args, plan
 
 
-def format_table(task: training.Task, steps: int,
+def format_table(task: training.Task,
                  results: list[training.RunResult]) -> str:
   """The results as a Markdown table (best metric in bold)."""
   values = [r.eval_metric for r in results]
@@ -322,7 +322,7 @@ def main(argv=None) -> dict:
           f"{result.final_train_loss:.4f}, {task.metric} "
           f"{result.eval_metric:.4f} ({result.seconds:.1f} s)", flush=True)
 
-  table = format_table(task, steps, results)
+  table = format_table(task, results)
   print()
   print(table)
   print(f"\ntotal {time.perf_counter() - wall_start:.1f} s wall, "
