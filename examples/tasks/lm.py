@@ -1,0 +1,236 @@
+"""Language modelling: a small GPT on bytes (or on FineWeb GPT-2 tokens).
+
+The model is a decoder-only transformer in the GPT-2 mould (Radford et al.,
+"Language Models are Unsupervised Multitask Learners", 2019): token and
+learned position embeddings, pre-LayerNorm blocks of causal multi-head
+self-attention and a GELU MLP, a final LayerNorm and an untied output head.
+Muon takes the attention and MLP matrices; the embeddings and the head go to
+AdamW by their names (``embed``, ``pos_embedding``, ``head``).
+
+Data: by default the pydoc topics that ship with Python, as bytes (vocabulary
+256), the last 10% held out for validation. With ``--data-dir`` holding
+modded-nanogpt's FineWeb shards, GPT-2 tokens (vocabulary 50,304) instead.
+Metric: validation loss (nats per token).
+
+``GPT`` and ``GPTConfig`` are importable on their own, e.g. for data-parallel
+training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from examples.data import fineweb, pydoc_text
+from examples.training import Task
+
+#: Default learning rates (see examples/README.md for the sweeps). AdamW's
+#: from {5e-4, 1e-3, 2e-3}; OGSignMuon's from {0.005, 0.01, 0.02, 0.05}.
+LEARNING_RATES = {"adamw": 1e-3, "muon": 0.02, "ogsignmuon": 0.01}
+DEFAULT_STEPS = 300
+BATCH_SIZE = 16
+#: Validation windows evaluated (fewer when the validation text is shorter).
+EVAL_WINDOWS = 128
+
+
+@dataclasses.dataclass(frozen=True)
+class GPTConfig:
+  """The GPT's sizes.
+
+  Attributes:
+    vocab_size: number of token ids (256 for bytes).
+    seq_len: context length (also the size of the position table).
+    d_model: residual width.
+    n_layers: number of transformer blocks.
+    n_heads: attention heads (``d_model`` must be divisible by it).
+    mlp_ratio: the MLP's hidden width over ``d_model``.
+  """
+
+  vocab_size: int = 256
+  seq_len: int = 64
+  d_model: int = 128
+  n_layers: int = 4
+  n_heads: int = 4
+  mlp_ratio: int = 4
+
+  def __post_init__(self):
+    if self.d_model % self.n_heads:
+      raise ValueError(
+          f"d_model={self.d_model} is not divisible by n_heads="
+          f"{self.n_heads}.")
+
+
+TINY = GPTConfig(seq_len=32, d_model=32, n_layers=2, n_heads=2)
+
+
+class CausalSelfAttention(nnx.Module):
+  """Multi-head causal self-attention with separate q, k, v projections (so
+  Muon orthogonalises each ``d x d`` matrix on its own)."""
+
+  def __init__(self, config: GPTConfig, rngs: nnx.Rngs):
+    d = config.d_model
+    self.n_heads = config.n_heads
+    self.q = nnx.Linear(d, d, use_bias=False, rngs=rngs)
+    self.k = nnx.Linear(d, d, use_bias=False, rngs=rngs)
+    self.v = nnx.Linear(d, d, use_bias=False, rngs=rngs)
+    self.out = nnx.Linear(d, d, use_bias=False,
+                          kernel_init=nnx.initializers.zeros, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    b, t, d = x.shape
+    heads = lambda y: y.reshape(b, t, self.n_heads, d // self.n_heads)
+    y = jax.nn.dot_product_attention(
+        heads(self.q(x)), heads(self.k(x)), heads(self.v(x)), is_causal=True)
+    return self.out(y.reshape(b, t, d))
+
+
+class MLP(nnx.Module):
+  """``Linear -> GELU -> Linear``, hidden width ``mlp_ratio * d_model``."""
+
+  def __init__(self, config: GPTConfig, rngs: nnx.Rngs):
+    d, h = config.d_model, config.mlp_ratio * config.d_model
+    self.fc = nnx.Linear(d, h, rngs=rngs)
+    self.proj = nnx.Linear(h, d, kernel_init=nnx.initializers.zeros,
+                           rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return self.proj(jax.nn.gelu(self.fc(x)))
+
+
+class Block(nnx.Module):
+  """Pre-LayerNorm transformer block: ``x + attn(ln(x))``, ``x + mlp(ln(x))``."""
+
+  def __init__(self, config: GPTConfig, rngs: nnx.Rngs):
+    self.ln1 = nnx.LayerNorm(config.d_model, rngs=rngs)
+    self.attn = CausalSelfAttention(config, rngs)
+    self.ln2 = nnx.LayerNorm(config.d_model, rngs=rngs)
+    self.mlp = MLP(config, rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = x + self.attn(self.ln1(x))
+    return x + self.mlp(self.ln2(x))
+
+
+class GPT(nnx.Module):
+  """A small GPT: ``tokens (B, T) int -> logits (B, T, vocab_size)``.
+
+  The output projections of attention and MLP start at zero, so every block
+  starts as the identity (as in modded-nanogpt).
+  """
+
+  def __init__(self, config: GPTConfig, rngs: nnx.Rngs):
+    self.config = config
+    init = nnx.initializers.normal(0.02)
+    self.embed = nnx.Embed(config.vocab_size, config.d_model,
+                           embedding_init=init, rngs=rngs)
+    self.pos_embedding = nnx.Param(
+        init(rngs.params(), (config.seq_len, config.d_model)))
+    self.blocks = nnx.List([Block(config, rngs)
+                            for _ in range(config.n_layers)])
+    self.ln_f = nnx.LayerNorm(config.d_model, rngs=rngs)
+    self.head = nnx.Linear(config.d_model, config.vocab_size, use_bias=False,
+                           kernel_init=init, rngs=rngs)
+
+  def __call__(self, tokens: jax.Array) -> jax.Array:
+    t = tokens.shape[-1]
+    x = self.embed(tokens) + self.pos_embedding[:t]
+    for block in self.blocks:
+      x = block(x)
+    return self.head(self.ln_f(x))
+
+
+def loss_fn(model: GPT, batch: jax.Array) -> jax.Array:
+  """Mean next-token cross-entropy of ``batch`` ``(B, T + 1)``."""
+  logits = model(batch[:, :-1])
+  return optax.softmax_cross_entropy_with_integer_labels(
+      logits.astype(jnp.float32), batch[:, 1:]).mean()
+
+
+def random_windows(shards: Sequence[np.ndarray], length: int,
+                   batch_size: int, rng: np.random.Generator
+                   ) -> Iterator[np.ndarray]:
+  """Endless ``(batch_size, length)`` int32 batches of random windows; a
+  shard is picked in proportion to its length."""
+  sizes = np.array([len(s) - length + 1 for s in shards])
+  if (sizes < 1).all():
+    raise ValueError(f"No shard holds a window of {length} tokens.")
+  weights = np.maximum(sizes, 0) / np.maximum(sizes, 0).sum()
+  while True:
+    which = rng.choice(len(shards), size=batch_size, p=weights)
+    batch = np.empty((batch_size, length), np.int32)
+    for row, i in enumerate(which):
+      start = rng.integers(sizes[i])
+      batch[row] = shards[i][start:start + length]
+    yield batch
+
+
+def fixed_windows(tokens: np.ndarray, length: int, count: int) -> np.ndarray:
+  """Up to ``count`` non-overlapping windows from the start of ``tokens``."""
+  n = min(count, len(tokens) // length)
+  if n < 1:
+    raise ValueError(
+        f"{len(tokens)} validation tokens hold no window of {length}.")
+  return np.asarray(tokens[:n * length], np.int32).reshape(n, length)
+
+
+def _load(data_dir: str | None, val_fraction: float = 0.1):
+  """Train shards, validation tokens, vocabulary size and a description."""
+  if data_dir is None:
+    train, val = pydoc_text.split(pydoc_text.load_bytes(), val_fraction)
+    return [train], val, 256, f"pydoc topics, {len(train) + len(val):,} bytes"
+  train, val = fineweb.load(data_dir)
+  if val:
+    val_tokens = np.concatenate([np.asarray(v) for v in val])
+  else:  # hold out the end of the last training shard
+    last = train[-1]
+    cut = int(len(last) * (1 - val_fraction))
+    train, val_tokens = train[:-1] + [last[:cut]], np.asarray(last[cut:])
+  total = sum(len(s) for s in train)
+  return train, val_tokens, fineweb.VOCAB_SIZE, (
+      f"FineWeb shards, {total:,} train / {len(val_tokens):,} val tokens")
+
+
+def make_task(*, data_dir: str | None = None, tiny: bool = False,
+              config: GPTConfig | None = None) -> Task:
+  """The language-modelling task.
+
+  Args:
+    data_dir: a folder of FineWeb ``.bin`` shards; ``None``: pydoc bytes.
+    tiny: a two-layer, 32-wide model on 32-byte windows (for tests).
+    config: the model's sizes (overrides ``tiny``); ``vocab_size`` is set
+      from the data.
+  """
+  train, val_tokens, vocab_size, data_desc = _load(data_dir)
+  config = config or (TINY if tiny else GPTConfig())
+  config = dataclasses.replace(config, vocab_size=vocab_size)
+  batch_size = 8 if tiny else BATCH_SIZE
+  length = config.seq_len + 1
+  val = fixed_windows(val_tokens, length, 16 if tiny else EVAL_WINDOWS)
+
+  @nnx.jit
+  def val_loss_sum(model, batch):
+    return loss_fn(model, batch) * batch.shape[0]
+
+  def evaluate(model: GPT) -> float:
+    # Batches of 64 windows (the remainder as one smaller batch).
+    total = sum(float(val_loss_sum(model, val[i:i + 64]))
+                for i in range(0, len(val), 64))
+    return total / len(val)
+
+  summary = (f"GPT {config.n_layers}x{config.d_model} (heads {config.n_heads},"
+             f" context {config.seq_len}, vocab {config.vocab_size}), batch "
+             f"{batch_size}; {data_desc}; metric: validation loss on "
+             f"{len(val)} windows")
+  return Task(
+      name="lm", summary=summary, make_model=lambda rngs: GPT(config, rngs),
+      loss=loss_fn,
+      batches=lambda rng: random_windows(train, length, batch_size, rng),
+      evaluate=evaluate, metric="val_loss", higher_is_better=False,
+      learning_rates=LEARNING_RATES, default_steps=DEFAULT_STEPS,
+      warmup=0.05, cooldown=0.3)

@@ -1,0 +1,244 @@
+"""One training loop for every task.
+
+A task (:class:`Task`) supplies a model factory, a loss, an endless stream of
+training batches and an evaluation metric; :func:`train` does the rest with a
+single jitted step (``nnx.jit``) around ``nnx.value_and_grad`` and
+``nnx.Optimizer(model, tx, wrt=nnx.Param)``. The same code trains the CNN, the
+coordinate MLP and the GPT, under AdamW and every Muon-family optimizer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+#: The training loss reported as ``final_train_loss``: the mean over this many
+#: last steps (mini-batch losses are noisy; a full-batch task is smooth anyway).
+FINAL_LOSS_WINDOW = 10
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  """What :func:`train` needs from a task.
+
+  Attributes:
+    name: ``"image"``, ``"implicit"`` or ``"lm"``.
+    summary: one line naming the data and the model.
+    make_model: ``make_model(rngs) -> nnx.Module``; the same seed gives the
+      same initial weights for every optimizer.
+    loss: ``loss(model, batch) -> scalar``, traced under ``jit``.
+    batches: ``batches(rng) -> iterator`` of training batches (pytrees of
+      NumPy arrays); the same generator seed gives the same batches.
+    evaluate: ``evaluate(model) -> float``, the task's metric.
+    metric: the metric's name, e.g. ``"test_accuracy"``.
+    higher_is_better: whether a larger metric is better.
+    learning_rates: default learning rate per optimizer name, with at least
+      ``"adamw"`` and ``"muon"`` (see ``examples.optimizers.default_lr``).
+    default_steps: the steps ``compare.py`` runs when ``--steps`` is not given.
+    warmup: fraction of the steps with a linear learning-rate warmup.
+    cooldown: fraction of the steps, at the end, with a linear decay to zero.
+  """
+
+  name: str
+  summary: str
+  make_model: Callable[[nnx.Rngs], nnx.Module]
+  loss: Callable[[nnx.Module, Any], jax.Array]
+  batches: Callable[[np.random.Generator], Iterator[Any]]
+  evaluate: Callable[[nnx.Module], float]
+  metric: str
+  higher_is_better: bool
+  learning_rates: Mapping[str, float]
+  default_steps: int
+  warmup: float = 0.0
+  cooldown: float = 0.0
+
+
+@dataclasses.dataclass
+class RunResult:
+  """One optimizer's run; ``to_json`` gives the ``results.json`` entry."""
+
+  optimizer: str
+  learning_rate: float
+  options: dict[str, Any]
+  history: list[tuple[int, float]]
+  eval_history: list[tuple[int, float]]
+  metric: str
+  seconds: float
+  step_ms: float
+  cpu_seconds: float = math.nan
+
+  @property
+  def final_train_loss(self) -> float:
+    losses = [loss for _, loss in self.history[-FINAL_LOSS_WINDOW:]]
+    return float(np.mean(losses)) if losses else math.nan
+
+  @property
+  def eval_metric(self) -> float:
+    return self.eval_history[-1][1] if self.eval_history else math.nan
+
+  def to_json(self) -> dict[str, Any]:
+    return {
+        "optimizer": self.optimizer,
+        "learning_rate": self.learning_rate,
+        "final_train_loss": _finite_or_none(self.final_train_loss),
+        "eval_metric": {"name": self.metric,
+                        "value": _finite_or_none(self.eval_metric)},
+        "seconds": round(self.seconds, 3),
+        "history": [[s, _finite_or_none(v)] for s, v in self.history],
+        # Beyond the required schema:
+        "eval_history": [[s, _finite_or_none(v)] for s, v in self.eval_history],
+        "step_ms": round(self.step_ms, 3),
+        "cpu_seconds": round(self.cpu_seconds, 3),
+        "options": {k: _jsonable(v) for k, v in self.options.items()},
+    }
+
+
+def _finite_or_none(x: float) -> float | None:
+  """JSON has no NaN or infinity: a diverged run's numbers become ``null``.
+  Finite numbers keep 7 significant digits (float32 precision)."""
+  x = float(x)
+  return float(f"{x:.7g}") if math.isfinite(x) else None
+
+
+def _jsonable(x: Any) -> Any:
+  if isinstance(x, (bool, int, float, str)) or x is None:
+    return x
+  if isinstance(x, (tuple, list)):
+    return [_jsonable(v) for v in x]
+  return repr(x)
+
+
+def lr_multiplier(steps: int, warmup: float, cooldown: float
+                  ) -> optax.Schedule:
+  """A trapezoid in ``[0, 1]``: linear warmup over ``warmup * steps`` steps,
+  flat, then a linear decay to zero over the last ``cooldown * steps``.
+
+  Applied to every optimizer alike (``optax.scale_by_schedule`` after the
+  optimizer), so it scales the Muon and the AdamW parts of a Muon-family
+  optimizer together.
+  """
+  n_warm = int(round(warmup * steps))
+  n_cool = int(round(cooldown * steps))
+
+  def schedule(count):
+    t = count.astype(jnp.float32) + 1.0  # the step being taken, from 1
+    up = jnp.minimum(1.0, t / max(n_warm, 1)) if n_warm else 1.0
+    down = jnp.clip((steps - t + 1.0) / max(n_cool, 1), 0.0, 1.0) if (
+        n_cool) else 1.0
+    return jnp.minimum(up, down)
+
+  return schedule
+
+
+def with_schedule(tx: optax.GradientTransformation, steps: int, warmup: float,
+                  cooldown: float) -> optax.GradientTransformation:
+  """``tx`` followed by the :func:`lr_multiplier` of the run (identity when
+  there is neither warmup nor cooldown)."""
+  if not warmup and not cooldown:
+    return tx
+  return optax.chain(
+      tx, optax.scale_by_schedule(lr_multiplier(steps, warmup, cooldown)))
+
+
+def make_train_step(loss: Callable[[nnx.Module, Any], jax.Array]):
+  """The jitted step: ``step(model, optimizer, batch) -> loss`` updates the
+  model and the optimizer state in place."""
+
+  @nnx.jit
+  def train_step(model, optimizer, batch):
+    value, grads = nnx.value_and_grad(loss)(model, batch)
+    optimizer.update(model, grads)
+    return value
+
+  return train_step
+
+
+def eval_steps(steps: int, num_evals: int) -> list[int]:
+  """``num_evals`` evenly spaced steps ending at ``steps`` (the final one
+  always included)."""
+  num_evals = max(1, min(num_evals, steps))
+  return sorted({int(round(steps * (i + 1) / num_evals))
+                 for i in range(num_evals)})
+
+
+def train(task: Task, tx: optax.GradientTransformation, *, steps: int,
+          seed: int, name: str, learning_rate: float,
+          options: Mapping[str, Any] | None = None, num_evals: int = 10,
+          progress: bool | None = None) -> RunResult:
+  """Trains a fresh model from ``task`` with ``tx`` for ``steps`` steps.
+
+  Args:
+    task: the task.
+    tx: the optimizer (the run's schedule is added here).
+    steps: number of optimizer steps.
+    seed: seeds the model's initial weights and the order of the batches, so
+      two optimizers with the same seed see the same data from the same start.
+    name: the optimizer's name, for the progress bar and the result.
+    learning_rate: recorded in the result.
+    options: the optimizer's keyword arguments, recorded in the result.
+    num_evals: how many times to evaluate the metric (the last after the final
+      step).
+    progress: show a tqdm bar; ``None`` shows it only on a terminal.
+
+  Returns:
+    A :class:`RunResult` with the loss of every step and the metric at each
+    evaluation.
+  """
+  from tqdm.auto import tqdm
+
+  start, cpu_start = time.perf_counter(), time.process_time()
+  model = task.make_model(nnx.Rngs(seed))
+  optimizer = nnx.Optimizer(
+      model, with_schedule(tx, steps, task.warmup, task.cooldown),
+      wrt=nnx.Param)
+  train_step = make_train_step(task.loss)
+  batches = task.batches(np.random.default_rng(seed))
+  evals = set(eval_steps(steps, num_evals))
+
+  history: list[tuple[int, float]] = []
+  eval_history: list[tuple[int, float]] = []
+  pending: list[tuple[int, jax.Array]] = []
+  step_seconds = 0.0
+  bar = tqdm(total=steps, desc=f"{task.name}/{name}", leave=True,
+             disable=None if progress is None else not progress,
+             dynamic_ncols=True, mininterval=0.5)
+
+  def flush():
+    history.extend((s, float(v)) for s, v in jax.device_get(pending))
+    pending.clear()
+
+  for step in range(1, steps + 1):
+    batch = next(batches)
+    t0 = time.perf_counter()
+    loss = train_step(model, optimizer, batch)
+    pending.append((step, loss))
+    if step == 1 or step % 10 == 0 or step in evals:
+      flush()  # waits for the step to finish
+      if step > 1:
+        step_seconds += time.perf_counter() - t0
+      bar.set_postfix(loss=f"{history[-1][1]:.4f}", refresh=False)
+    elif step > 1:
+      step_seconds += time.perf_counter() - t0
+    bar.update(1)
+    if step in evals:
+      eval_history.append((step, float(task.evaluate(model))))
+      bar.set_postfix(loss=f"{history[-1][1]:.4f}",
+                      **{task.metric: f"{eval_history[-1][1]:.4f}"})
+  flush()
+  bar.close()
+  return RunResult(
+      optimizer=name, learning_rate=float(learning_rate),
+      options=dict(options or {}), history=history,
+      eval_history=eval_history, metric=task.metric,
+      seconds=time.perf_counter() - start,
+      step_ms=1000 * step_seconds / max(steps - 1, 1),
+      cpu_seconds=time.process_time() - cpu_start)
