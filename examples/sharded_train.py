@@ -24,7 +24,6 @@ Data: the pydoc topics that ship with Python, as bytes.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 import time
@@ -60,9 +59,7 @@ if ARGS.simulate:
   os.environ["JAX_PLATFORMS"] = "cpu"
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-import optax  # noqa: E402
 from flax import nnx  # noqa: E402
 from jax.sharding import NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
@@ -70,74 +67,9 @@ from jax.sharding import PartitionSpec as P  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import optax_muon as om  # noqa: E402
 
-# ------------------------------------------------------------------ model ----
-# A minimal GPT (pre-LayerNorm decoder blocks). Once examples/tasks/lm.py is
-# on the same branch, its GPT / GPTConfig / loss_fn have the same interface
-# and can replace these three definitions.
-
-
-@dataclasses.dataclass(frozen=True)
-class GPTConfig:
-  vocab_size: int = 256
-  seq_len: int = 64
-  d_model: int = 64
-  n_layers: int = 2
-  n_heads: int = 4
-  mlp_ratio: int = 4
-
-
-class Block(nnx.Module):
-  def __init__(self, config: GPTConfig, rngs: nnx.Rngs):
-    d = config.d_model
-    self.heads = config.n_heads
-    self.ln1 = nnx.LayerNorm(d, rngs=rngs)
-    self.q = nnx.Linear(d, d, use_bias=False, rngs=rngs)
-    self.k = nnx.Linear(d, d, use_bias=False, rngs=rngs)
-    self.v = nnx.Linear(d, d, use_bias=False, rngs=rngs)
-    self.o = nnx.Linear(d, d, use_bias=False, rngs=rngs)
-    self.ln2 = nnx.LayerNorm(d, rngs=rngs)
-    self.fc = nnx.Linear(d, config.mlp_ratio * d, rngs=rngs)
-    self.proj = nnx.Linear(config.mlp_ratio * d, d, rngs=rngs)
-
-  def __call__(self, x):
-    b, t, d = x.shape
-    h = self.ln1(x)
-    split = lambda y: y.reshape(b, t, self.heads, d // self.heads)
-    y = jax.nn.dot_product_attention(
-        split(self.q(h)), split(self.k(h)), split(self.v(h)), is_causal=True)
-    x = x + self.o(y.reshape(b, t, d))
-    return x + self.proj(jax.nn.gelu(self.fc(self.ln2(x))))
-
-
-class GPT(nnx.Module):
-  """``tokens (B, T) -> logits (B, T, vocab)``; the embeddings and the head
-  go to AdamW by name (``om.muon_labels``), the blocks' kernels to Muon."""
-
-  def __init__(self, config: GPTConfig, rngs: nnx.Rngs):
-    init = nnx.initializers.normal(0.02)
-    self.embed = nnx.Embed(config.vocab_size, config.d_model,
-                           embedding_init=init, rngs=rngs)
-    self.pos_embedding = nnx.Param(
-        init(rngs.params(), (config.seq_len, config.d_model)))
-    self.blocks = nnx.List([Block(config, rngs)
-                            for _ in range(config.n_layers)])
-    self.ln_f = nnx.LayerNorm(config.d_model, rngs=rngs)
-    self.head = nnx.Linear(config.d_model, config.vocab_size, use_bias=False,
-                           kernel_init=init, rngs=rngs)
-
-  def __call__(self, tokens):
-    x = self.embed(tokens) + self.pos_embedding[:tokens.shape[-1]]
-    for block in self.blocks:
-      x = block(x)
-    return self.head(self.ln_f(x))
-
-
-def loss_fn(model, batch):
-  """Mean next-token cross-entropy of ``batch`` ``(B, T + 1)``."""
-  logits = model(batch[:, :-1])
-  return optax.softmax_cross_entropy_with_integer_labels(
-      logits.astype(jnp.float32), batch[:, 1:]).mean()
-
+# The model is the lm example's GPT (examples/tasks/lm.py).
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from examples.tasks.lm import GPT, GPTConfig, loss_fn  # noqa: E402
 
 # --------------------------------------------------------------- sharding ----
 
@@ -212,11 +144,11 @@ def main(args):
     rng = np.random.default_rng(jax.process_index())
     local = args.batch_size // jax.process_count()
     batch_sharding = NamedSharding(mesh, P("data"))
-    kernel = model.blocks[0].fc.kernel
+    kernel = model.blocks[0].mlp.fc.kernel
     print(f"{n} devices ({jax.devices()[0].device_kind}), "
           f"{jax.process_count()} process(es); {args.optimizer}, "
           f"ns_mesh_axis={None if args.no_split else 'data'}")
-    print(f"blocks[0].fc.kernel {kernel.shape}: {kernel.get_value().sharding.spec}")
+    print(f"blocks[0].mlp.fc.kernel {kernel.shape}: {kernel.get_value().sharding.spec}")
     start = time.perf_counter()
     for step in range(1, args.steps + 1):
       starts = rng.integers(len(tokens) - args.seq_len - 1, size=local)
@@ -228,9 +160,9 @@ def main(args):
         print(f"step {step:4d}  loss {float(loss):.4f}  "
               f"({time.perf_counter() - start:.1f} s)")
     mu = optimizer.opt_state.inner_states["muon"].inner_state[0].mu
-    print("after training: blocks[0].fc.kernel",
-          model.blocks[0].fc.kernel.get_value().sharding.spec, "its momentum",
-          mu["blocks"][0]["fc"]["kernel"].get_value().sharding.spec)
+    print("after training: blocks[0].mlp.fc.kernel",
+          model.blocks[0].mlp.fc.kernel.get_value().sharding.spec, "its momentum",
+          mu["blocks"][0]["mlp"]["fc"]["kernel"].get_value().sharding.spec)
 
 
 if __name__ == "__main__":
