@@ -56,6 +56,11 @@ OPTIMIZERS: dict[str, tuple[Alias, dict[str, Any]]] = {
                            "cautious_weight_decay": True}),
     # Moonlight's update RMS matching: AdamW's learning rate transfers.
     "muon_rms": (om.muon, {"shape_scale": "rms"}),
+    # MomMuon's options (README: "MomMuon: what we measured").
+    "mommuon_b0": (om.mommuon, {"ns_beta": 0.0}),
+    "mommuon_every10": (om.mommuon, {"ns_every": 10}),
+    "mommuon_gram": (om.mommuon, {"ns_average": "gram"}),
+    "mommuon_gram_every10": (om.mommuon, {"ns_average": "gram", "ns_every": 10}),
 }
 
 #: The five optimizers of the comparison (the default ``--optimizers``).
