@@ -220,6 +220,7 @@ def mommuon(
     ns_every: int = 1,
     ns_beta: float = 0.9,
     ns_average: str = "preconditioner",
+    ns_damping: float = 0.0,
     nesterov: bool = True,
     ns_coeffs: ns.NsCoeffs = "quintic",
     ns_dtype: DTypeLike | None = None,
@@ -248,6 +249,8 @@ def mommuon(
     ns_beta: EMA coefficient of the preconditioner (or Gram) average.
     ns_average: ``"preconditioner"`` (the seed) or ``"gram"``; see
       :func:`scale_by_mommuon`.
+    ns_damping: Tikhonov damping of the whitened Gram matrix, relative to
+      its mean eigenvalue.
     {common}
 
   Returns:
@@ -257,8 +260,8 @@ def mommuon(
   return _alias(
       _variants.scale_by_mommuon(
           momentum, ns_steps=ns_steps, ns_every=ns_every, ns_beta=ns_beta,
-          ns_average=ns_average, nesterov=nesterov, ns_dtype=ns_dtype,
-          shape_scale=shape_scale,
+          ns_average=ns_average, ns_damping=ns_damping, nesterov=nesterov,
+          ns_dtype=ns_dtype, shape_scale=shape_scale,
           mu_dtype=mu_dtype, batch_axes=batch_axes,
           ns_mesh_axis=ns_mesh_axis, mesh=mesh),
       learning_rate, weight_decay, cautious_weight_decay, adamw_learning_rate,

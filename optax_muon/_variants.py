@@ -296,8 +296,18 @@ def _small_gram(g_n):
   return ns._matmul(g_n, jnp.swapaxes(g_n, -1, -2))
 
 
+def _damped(y, damping):
+  """``Y + damping * (tr(Y) / k) I``: caps the whitening's gain at about
+  ``sqrt(k / (damping tr Y))`` for directions that ``Y`` barely has."""
+  if isinstance(damping, (int, float)) and damping == 0:
+    return y
+  k = y.shape[-1]
+  mean_eig = jnp.trace(y, axis1=-2, axis2=-1)[..., None, None] / k
+  return y + damping * mean_eig * jnp.eye(k, dtype=y.dtype)
+
+
 def _mommuon_direction(m, states, count, transposed, *, ns_steps, ns_every,
-                       ns_beta, ns_dtype, ns_average):
+                       ns_beta, ns_dtype, ns_average, ns_damping):
   del transposed
   g_n = ns.normalize_frobenius(m, 1e-7)
   precond = states[0]
@@ -321,12 +331,13 @@ def _mommuon_direction(m, states, count, transposed, *, ns_steps, ns_every,
     empty = jnp.all(gram == 0, axis=(-2, -1), keepdims=True)
 
     def refresh(p):
-      z = inverse_sqrt(gram, ns_steps, ns_dtype)
+      z = inverse_sqrt(_damped(gram, ns_damping), ns_steps, ns_dtype)
       return jnp.where(empty, p, z).astype(p.dtype)
   else:
 
     def refresh(p):
-      z = inverse_sqrt(_small_gram(g_n), ns_steps, ns_dtype)
+      z = inverse_sqrt(_damped(_small_gram(g_n), ns_damping), ns_steps,
+                       ns_dtype)
       new = jnp.where(unset, z, jnp.where(
           scheduled, ns_beta * p + (1 - ns_beta) * z, p))
       return jnp.where(zero, p, new).astype(p.dtype)
@@ -347,6 +358,7 @@ def scale_by_mommuon(
     ns_every: int = 1,
     ns_beta: float = 0.9,
     ns_average: str = "preconditioner",
+    ns_damping: float = 0.0,
     nesterov: bool = True,
     ns_dtype: DTypeLike | None = None,
     shape_scale: str = "spectral",
@@ -409,6 +421,8 @@ def scale_by_mommuon(
       every refresh).
     ns_average: ``"preconditioner"`` (the seed: average the inverse square
       roots) or ``"gram"`` (average the Gram matrices, whiten the average).
+    ns_damping: whiten ``Y + ns_damping * (tr(Y) / k) I`` instead of ``Y``
+      (Tikhonov damping relative to the mean eigenvalue; 0: none).
     {common_rest_no_coeffs}
 
   Returns:
@@ -438,7 +452,8 @@ def scale_by_mommuon(
       ) * (2 if gram else 1),
       direction=functools.partial(
           _mommuon_direction, ns_steps=ns_steps, ns_every=ns_every,
-          ns_beta=ns_beta, ns_dtype=ns_dtype, ns_average=ns_average))
+          ns_beta=ns_beta, ns_dtype=ns_dtype, ns_average=ns_average,
+          ns_damping=ns_damping))
   return _skeleton.scale_by_muon_family(
       variant, momentum=momentum, nesterov=nesterov, shape_scale=shape_scale,
       mu_dtype=mu_dtype, batch_axes=batch_axes, ns_mesh_axis=ns_mesh_axis,

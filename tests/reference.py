@@ -187,8 +187,9 @@ class MomMuon(Variant):
   ``"gram"``: average ``G_n G_n^T`` every step, whiten it on refreshes."""
 
   def __init__(self, shape, ns_steps=15, ns_every=1, ns_beta=0.9,
-               average="preconditioner", **kw):
+               average="preconditioner", damping=0.0, **kw):
     super().__init__(shape, **kw)
+    self.damping = damping
     self.ns_steps, self.every, self.beta = ns_steps, ns_every, ns_beta
     self.average = average
     self.p = self.ybar = None
@@ -198,13 +199,14 @@ class MomMuon(Variant):
     wide = g.shape[0] <= g.shape[1]
     y = g @ g.T if wide else g.T @ g
     t = self.t
+    damp = lambda a: a + self.damping * np.trace(a) / len(a) * np.eye(len(a))
     refresh = t == 1 or (self.every > 0 and (t - 1) % self.every == 0)
     if self.average == "gram":
       self.ybar = y if t == 1 else self.beta * self.ybar + (1 - self.beta) * y
       if refresh:
-        self.p = inverse_sqrt(self.ybar, self.ns_steps)
+        self.p = inverse_sqrt(damp(self.ybar), self.ns_steps)
     elif refresh:
-      z = inverse_sqrt(y, self.ns_steps)
+      z = inverse_sqrt(damp(y), self.ns_steps)
       self.p = z if self.p is None else self.beta * self.p + (1 - self.beta) * z
     return self.p @ g if wide else g @ self.p
 

@@ -83,6 +83,11 @@ VARIANTS = {
                      {"average": "gram"}, 1e-3),
     "mommuon_gram_every_3": (om.mommuon, {"ns_average": "gram", "ns_every": 3},
                              ref.MomMuon, {"average": "gram", "ns_every": 3}, 1e-3),
+    "mommuon_gram_damped": (
+        om.mommuon, {"ns_average": "gram", "ns_every": 2, "ns_damping": 0.1},
+        ref.MomMuon, {"average": "gram", "ns_every": 2, "damping": 0.1}, 1e-3),
+    "mommuon_damped": (om.mommuon, {"ns_damping": 0.05}, ref.MomMuon,
+                       {"damping": 0.05}, 1e-3),
     "ogsignmuon": (om.ogsignmuon, {}, ref.OGSignMuon, {}, 1e-4),
     "normuon": (om.normuon, {}, ref.NorMuon, {}, 1e-4),
     "normuon_beta2": (om.normuon, {"beta2": 0.5}, ref.NorMuon,
