@@ -61,6 +61,8 @@ OPTIMIZERS: dict[str, tuple[Alias, dict[str, Any]]] = {
     "mommuon_every10": (om.mommuon, {"ns_every": 10}),
     "mommuon_gram": (om.mommuon, {"ns_average": "gram"}),
     "mommuon_gram_every10": (om.mommuon, {"ns_average": "gram", "ns_every": 10}),
+    "mommuon_gram_every10_damped": (om.mommuon, {
+        "ns_average": "gram", "ns_every": 10, "ns_damping": 0.1}),
 }
 
 #: The five optimizers of the comparison (the default ``--optimizers``).
