@@ -24,6 +24,7 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/step_time.py --out benchmarks/results/step_time.json
 	$(PY) benchmarks/orthogonality.py --out benchmarks/results/orthogonality.json
+	$(PY) benchmarks/sharding.py --out benchmarks/results/sharding.json
 
 clean:
 	rm -rf $(VENV) results .pytest_cache
