@@ -71,7 +71,8 @@ def interleaved(candidates: dict[str, Callable[[], object]], reps: int,
                 warmup: int = 1, log: bool = True,
                 cpu_times: dict[str, list[float]] | None = None,
                 ) -> dict[str, list[float]]:
-  """Times each zero-argument callable ``reps`` times, round-robin.
+  """Times each zero-argument callable ``reps`` times, round-robin (in
+  alternating order: A B C, C B A, A B C, ...).
 
   Each callable must block until its work is done (``block_until_ready``).
   Returns wall-clock seconds per call, per candidate; if ``cpu_times`` is
@@ -85,8 +86,12 @@ def interleaved(candidates: dict[str, Callable[[], object]], reps: int,
   times: dict[str, list[float]] = {k: [] for k in candidates}
   if cpu_times is not None:
     cpu_times.update({k: [] for k in candidates})
+  names = list(candidates)
   for r in range(reps):
-    for name, fn in candidates.items():
+    # Alternate the order, so that a drift in the machine's load does not
+    # favour the candidates early (or late) in the round.
+    for name in names if r % 2 == 0 else names[::-1]:
+      fn = candidates[name]
       c0, t0 = _cpu_seconds(), time.perf_counter()
       fn()
       times[name].append(time.perf_counter() - t0)

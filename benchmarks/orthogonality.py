@@ -6,7 +6,8 @@ that ``orthogonalize`` works in), on a Gaussian matrix and on an
 ill-conditioned one (singular values log-spaced from 1 to ``--cond``^-1,
 random singular vectors), it reports:
 
-  sv min / sv max   the singular-value range of the result (exact U V^T: 1)
+  sv min / sv max   the singular-value range of the result (exact U V^T: 1;
+                    nan: the result overflowed)
   cos               the cosine to the exact polar factor ``U V^T`` (from an
                     SVD in float64): ``<O, UV^T> / (||O|| ||UV^T||)``
   vs std f32        ``||O - O_std|| / ||O_std||`` against the standard form
@@ -43,6 +44,8 @@ def test_matrices(m, n, cond, seed):
 
 def measures(out, polar, ref):
   o = np.asarray(out, np.float64)
+  if not np.all(np.isfinite(o)):
+    return float("nan"), float("nan"), float("nan"), float("nan")
   sv = np.linalg.svd(o, compute_uv=False)
   cos = float(np.sum(o * polar) / np.linalg.norm(o) / np.linalg.norm(polar))
   diff = float(np.linalg.norm(o - ref) / np.linalg.norm(ref))
@@ -97,7 +100,7 @@ def main():
     print(f"done {m}x{n}", flush=True)
 
   rows = [[r["shape"], r["matrix"], r["preset"], r["steps"], r["form"],
-           r["dtype"], f"{r['sv_min']:.3f}", f"{r['sv_max']:.3f}",
+           r["dtype"], f"{r['sv_min']:.3g}", f"{r['sv_max']:.3g}",
            f"{r['cos']:.4f}", f"{r['rel_diff_to_standard_f32']:.1e}",
            f"{r['median_ms']:.1f}"] for r in results]
   print(_common.table(rows, [

@@ -24,11 +24,18 @@ iteration with ``m <= n`` (so a cheaper algorithm can beat the matmul rate);
 
 On a GPU or TPU it also times a bfloat16 matmul (float32 accumulation) and
 reports Newton–Schulz's share of that rate, since optax_muon's default
-``ns_dtype`` there is bfloat16.
+``ns_dtype`` there is bfloat16 (optax.contrib.muon and the plain row stay
+float32). The same command runs there unchanged.
 
 Usage:
   python benchmarks/step_time.py --out benchmarks/results/step_time.json
   python benchmarks/step_time.py --experiments   # + rows of what did not win
+
+Experiment rows (--experiments) re-trace om.muon with one of its CPU choices
+undone: "[no Newton-Schulz]" (the identity instead: what the rest of the step
+costs), "[full m x m products]" (no symmetric block products), "[batched
+stacks]" (one batched call per stack instead of a loop), "[standard form]"
+(no Gram form), "[batched, standard]" (neither).
 """
 
 from __future__ import annotations
@@ -128,6 +135,12 @@ def build(args, params, grads):
   c["om.mommuon(ns_every=10)"] = Stepper(
       om.mommuon(ns_every=10), params, grads, steps_per_call=10)
   if args.experiments:
+    c["om.muon [no Newton-Schulz]"] = Stepper(
+        om.muon(), params, grads, trace_ctx=patched(
+            _newton_schulz, "orthogonalize", lambda x, **kw: x))
+    c["om.muon [full m x m products]"] = Stepper(
+        om.muon(), params, grads,
+        trace_ctx=patched(_newton_schulz, "_SYMMETRIC_BLOCKS", 1))
     c["om.muon [batched stacks]"] = Stepper(
         om.muon(), params, grads,
         trace_ctx=patched(_skeleton, "_LOOP_STACKS", False))
@@ -169,7 +182,9 @@ def main():
   parser.add_argument("--width", type=int, default=384)
   parser.add_argument("--vocab", type=int, default=512)
   parser.add_argument("--reps", type=int, default=7)
-  parser.add_argument("--matmul-size", type=int, default=1536)
+  parser.add_argument("--matmul-size", type=int, default=0,
+                      help="N of the reference N^3 matmul; 0: 1536 on CPU, "
+                      "8192 on accelerators")
   parser.add_argument("--experiments", action="store_true",
                       help="add rows for code paths that did not win")
   parser.add_argument("--only", default="",
@@ -180,6 +195,8 @@ def main():
 
   info = _common.machine()
   print(info)
+  if not args.matmul_size:
+    args.matmul_size = 1536 if jax.default_backend() == "cpu" else 8192
   shapes = _common.gpt_shapes(args.blocks, args.width, args.vocab)
   params = _common.random_tree(shapes, 0)
   grads = _common.random_tree(shapes, 1)

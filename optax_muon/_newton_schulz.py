@@ -12,6 +12,7 @@ References:
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 from typing import Literal, Union
 
@@ -297,6 +298,14 @@ def orthogonalize(
       one with fewer flops, and the standard form whenever the compute dtype
       is narrower than 32 bits.
 
+  Speed: the Gram form does about 0.6x the flops of the standard one on
+  transformer shapes (``n = 3m`` to ``4m``) and, on CPU, its symmetric
+  ``m x m`` products are computed by blocks (about 5/8 of their flops). A
+  batch is one batched call; on CPU, large matrices run faster one at a time
+  (``jax.lax.map(orthogonalize, x)``, which keeps each matrix's
+  intermediates in cache), and the Muon-family optimizers do that for their
+  stacks. Figures: benchmarks/README.md.
+
   Returns:
     An array of ``x``'s shape and dtype.
   """
@@ -307,6 +316,12 @@ def orthogonalize(
   rows, norm_scale = ns_coefficients(ns_coeffs, ns_steps)
   cdtype = jnp.dtype(dtype) if dtype is not None else default_ns_dtype()
   out_dtype = x.dtype
+  shape = x.shape
+  if x.ndim > 2 and math.prod(shape[:-2]) == 1:
+    # One matrix with leading axes of size 1 (a loop over a stack hands its
+    # direction such (1, m, n) slices): as a plain matrix, XLA's CPU code for
+    # the iteration is 7-17% faster on the GPT-like tree's shapes.
+    x = x.reshape(shape[-2:])
   transpose = x.shape[-2] > x.shape[-1]
   if transpose:
     x = _swap(x)
@@ -321,4 +336,4 @@ def orthogonalize(
     x = _standard_iteration(x, rows)
   if transpose:
     x = _swap(x)
-  return x.astype(out_dtype)
+  return x.astype(out_dtype).reshape(shape)
