@@ -33,7 +33,7 @@ Usage:
 
 Experiment rows (--experiments) re-trace om.muon with one of its CPU choices
 undone: "[no Newton-Schulz]" (the identity instead: what the rest of the step
-costs), "[full m x m products]" (no symmetric block products), "[batched
+costs), "[full products]" (no symmetric block products), "[batched
 stacks]" (one batched call per stack instead of a loop), "[standard form]"
 (no Gram form), "[batched, standard]" (neither).
 """
@@ -138,7 +138,7 @@ def build(args, params, grads):
     c["om.muon [no Newton-Schulz]"] = Stepper(
         om.muon(), params, grads, trace_ctx=patched(
             _newton_schulz, "orthogonalize", lambda x, **kw: x))
-    c["om.muon [full m x m products]"] = Stepper(
+    c["om.muon [full products]"] = Stepper(
         om.muon(), params, grads,
         trace_ctx=patched(_newton_schulz, "_SYMMETRIC_BLOCKS", 1))
     c["om.muon [batched stacks]"] = Stepper(

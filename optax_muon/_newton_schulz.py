@@ -143,16 +143,6 @@ def normalize_frobenius(x: jax.Array, eps: float = 1e-7,
   return xs / (norm_scale * jnp.sqrt(sq) + eps).astype(x.dtype)
 
 
-def _standard_iteration(x, rows):
-  """``A = X X^T; B = b A + c A A; X = a X + B X`` on wide ``x``."""
-  cdtype = x.dtype
-  for a, b, c in rows:
-    gram = _matmul(x, _swap(x)).astype(cdtype)
-    poly = (b * gram + c * _matmul(gram, gram)).astype(cdtype)
-    x = (a * x + _matmul(poly, x)).astype(cdtype)
-  return x
-
-
 def _symmetric_matmul(a: jax.Array, b: jax.Array, blocks: int) -> jax.Array:
   """``a @ b`` for ``m x m`` matrices whose product is known to be symmetric.
 
@@ -176,10 +166,11 @@ def _symmetric_matmul(a: jax.Array, b: jax.Array, blocks: int) -> jax.Array:
   return jnp.concatenate(block_rows, axis=-2)
 
 
-#: The Gram form's ``m x m`` products use :func:`_symmetric_matmul` with this
-#: many blocks on CPU for ``m >= _SYMMETRIC_MIN_SIZE`` (about 9% faster than
-#: full products at ``m = 384``; smaller blocks lose more to the smaller
-#: matmuls and the mirroring than they save: see benchmarks/README.md).
+#: Symmetric products (``X X^T`` and ``A A`` in the standard form, every
+#: ``m x m`` product of the Gram form) use :func:`_symmetric_matmul` with
+#: this many blocks on CPU for ``m >= _SYMMETRIC_MIN_SIZE``: about 10% off
+#: the Gram form at ``m = 384``, 5% off the standard form of a square matrix;
+#: 2, 3, 6 or 8 blocks did worse (benchmarks/README.md).
 _SYMMETRIC_BLOCKS = 4
 _SYMMETRIC_MIN_SIZE = 256
 
@@ -188,6 +179,22 @@ def _symmetric_blocks(m: int) -> int:
   if jax.default_backend() == "cpu" and m >= _SYMMETRIC_MIN_SIZE:
     return _SYMMETRIC_BLOCKS
   return 1
+
+
+def _standard_iteration(x, rows):
+  """``A = X X^T; B = b A + c A A; X = a X + B X`` on wide ``x``.
+
+  ``X X^T`` and ``A A`` are symmetric: on CPU they are computed by blocks
+  (:func:`_symmetric_matmul`).
+  """
+  cdtype = x.dtype
+  sym = functools.partial(_symmetric_matmul,
+                          blocks=_symmetric_blocks(x.shape[-2]))
+  for a, b, c in rows:
+    gram = sym(x, _swap(x)).astype(cdtype)
+    poly = (b * gram + c * sym(gram, gram)).astype(cdtype)
+    x = (a * x + _matmul(poly, x)).astype(cdtype)
+  return x
 
 
 def _gram_iteration(x, rows):

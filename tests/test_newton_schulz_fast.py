@@ -122,18 +122,19 @@ def test_symmetric_matmul_is_the_product(blocks):
   np.testing.assert_allclose(got, a @ b, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("form", ["standard", "gram"])
 @pytest.mark.parametrize("blocks", [2, 3, 4])
-def test_gram_form_with_symmetric_blocks_matches_reference(blocks,
-                                                           monkeypatch):
+def test_symmetric_blocks_match_reference(blocks, form, monkeypatch):
   """The CPU default for m >= 256, forced here on small matrices."""
   monkeypatch.setattr(_newton_schulz, "_SYMMETRIC_MIN_SIZE", 0)
   monkeypatch.setattr(_newton_schulz, "_SYMMETRIC_BLOCKS", blocks)
-  for i, shape in enumerate([(24, 80), (80, 24), (3, 24, 64)]):
+  for i, shape in enumerate([(24, 80), (80, 24), (3, 24, 64), (30, 30)]):
     x = _rand(shape, seed=30 + i)
     for preset in ("quintic", "polar_express"):
       got = jax.jit(lambda a, p=preset: om.orthogonalize(
-          a, ns_coeffs=p, dtype=jnp.float32, form="gram"))(x)
-      assert _rel_err(got, _reference(x, preset)) < 1e-5, (shape, preset)
+          a, ns_coeffs=p, dtype=jnp.float32, form=form))(x)
+      tol = 1e-4 if form == "gram" and shape == (30, 30) else 1e-5
+      assert _rel_err(got, _reference(x, preset)) < tol, (shape, preset)
 
 
 # --------------------------------------------------- the skeleton's stacks ----
