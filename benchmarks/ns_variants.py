@@ -11,18 +11,21 @@ orthogonalised by each candidate (5 quintic steps, float32):
                              orthogonalize (Gram form where cheaper)
   loop, standard             lax.map over each stack's matrices, standard
   loop, gram, full products  lax.map, Gram form with plain m x m matmuls
+                             (X normalised first)
   loop, gram [library]       what om.muon does on CPU: lax.map, Gram form
                              where cheaper, its m x m products (all
                              symmetric) computed as 4 x 4 block upper
-                             triangles and mirrored (5/8 of the flops)
+                             triangles and mirrored (5/8 of the flops),
+                             the norm taken from the Gram matrix's trace
   unrolled, gram             a Python loop over the matrices instead of
                              lax.map (XLA may interleave them)
   loop, gram, sym-k          k x k blocks instead of 4: (k + 1) / (2 k) of
-                             the flops, smaller matmuls
+                             the flops, smaller matmuls (X normalised first)
   ... + sym XX^T             the first Gram matrix X X^T by blocks too
-  ... + trace-norm           normalise through the Gram matrix
-                             (``||X||_F^2 = trace(X X^T)``): fewer passes
-                             over X
+  ... X normalised           X divided by its norm before the iteration
+                             (passes over X), where the library normalises
+                             through the Gram matrix (``||X||_F^2 =
+                             trace(X X^T)``)
   loop, gram, full, merged   ``P @ [Q | A]`` as one matmul instead of two
 
 Every candidate's result is checked against the library's before timing.
@@ -138,7 +141,7 @@ def candidates():
       "loop, gram, sym-6": sym(6),
       "loop, gram, sym-8": sym(8),
       "loop, gram, sym-4 + sym XX^T": sym(4, sym_start=True),
-      "loop, gram, sym-4 + trace-norm": sym(4, trace_norm=True),
+      "loop, gram, sym-4, X normalised": sym(4),
       "loop, gram, full, merged": loop(lambda x: orth_one(x, merged=True)),
   }
 

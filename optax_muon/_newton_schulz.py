@@ -197,9 +197,10 @@ def _standard_iteration(x, rows):
   return x
 
 
-def _gram_iteration(x, rows):
+def _gram_iteration(x, rows, norm_scale=1.0, eps=0.0):
   """The same polynomial, iterated on the small ``m x m`` Gram matrix.
 
+  ``x`` is not yet normalised: ``X_0 = x / (norm_scale ||x||_F + eps)``.
   Every iterate is ``X_k = Q_k X_0`` with ``Q_k`` a polynomial in
   ``A_0 = X_0 X_0^T``, so all the ``m x m`` matrices commute and
   ``P_k = a I + b A_k + c A_k^2;  Q_{k+1} = P_k Q_k;  A_{k+1} = P_k A_k P_k``.
@@ -225,6 +226,11 @@ def _gram_iteration(x, rows):
   sym = functools.partial(_symmetric_matmul, blocks=_symmetric_blocks(m))
   eye = jnp.eye(m, dtype=jnp.float32)
   gram = _matmul(x, _swap(x))
+  # X_0 = X / d with d = norm_scale ||X||_F + eps and ||X||_F^2 = tr(X X^T):
+  # A_0 = X X^T / d^2, and 1 / d is folded into Q at the end.
+  d = norm_scale * jnp.sqrt(jnp.trace(gram, axis1=-2, axis2=-1))[
+      ..., None, None] + eps
+  gram = gram / (d * d)
   q = None
   for k, (a, b, c) in enumerate(rows):
     g = gram.astype(cdtype)
@@ -233,7 +239,7 @@ def _gram_iteration(x, rows):
     q = poly if q is None else sym(p, q.astype(cdtype))
     if k + 1 < len(rows):
       gram = sym(sym(p, g).astype(cdtype), p)
-  return _matmul(q.astype(cdtype), x).astype(cdtype)
+  return _matmul((q / d).astype(cdtype), x).astype(cdtype)
 
 
 def ns_flops(m: int, n: int, ns_steps: int, form: str = "standard") -> int:
@@ -335,11 +341,14 @@ def orthogonalize(
   m, n = x.shape[-2:]
   if not jnp.issubdtype(x.dtype, jnp.floating):
     x = x.astype(jnp.float32)
-  x = normalize_frobenius(x.astype(jnp.promote_types(x.dtype, jnp.float32)), eps,
-                 norm_scale).astype(cdtype)
+  x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
   if _pick_form(form, m, n, len(rows), cdtype) == "gram":
-    x = _gram_iteration(x, rows)
+    # The Frobenius norm comes from the Gram matrix's trace: X is read once
+    # for its largest entry and once by each end's matmul, nothing more.
+    x = _gram_iteration(_scaled_by_max(x)[0].astype(cdtype), rows,
+                        norm_scale, eps)
   else:
+    x = normalize_frobenius(x, eps, norm_scale).astype(cdtype)
     x = _standard_iteration(x, rows)
   if transpose:
     x = _swap(x)

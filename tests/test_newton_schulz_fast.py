@@ -70,6 +70,23 @@ def test_gram_form_on_ill_conditioned_wide_matrix(form):
       np.linalg.svd(_reference(x), compute_uv=False), rtol=0, atol=5e-4)
 
 
+@pytest.mark.parametrize("form", ["standard", "gram"])
+def test_scale_invariant_zero_safe_and_nan_propagating(form):
+  """Both forms normalise relative to the largest entry (the Gram form
+  through the trace of its Gram matrix): entries near 1e-30 or 1e30 give
+  the same result, zeros give zeros, a NaN gives NaNs."""
+  x = _rand((24, 80), seed=8)
+  want = _reference(x)
+  for scale in (1e-30, 1e-20, 1.0, 1e20, 1e30):
+    got = om.orthogonalize(x * np.float32(scale), dtype=jnp.float32, form=form)
+    assert _rel_err(got, want) < 1e-5, scale
+  zeros = om.orthogonalize(np.zeros((24, 80), np.float32), form=form)
+  np.testing.assert_array_equal(zeros, 0.0)
+  bad = x.copy()
+  bad[3, 5] = np.nan
+  assert np.all(np.isnan(om.orthogonalize(bad, form=form)))
+
+
 @pytest.mark.parametrize("form", ["standard", "auto"])
 def test_bfloat16_close_to_reference(form):
   for i, shape in enumerate(SHAPES):
