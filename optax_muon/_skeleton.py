@@ -208,6 +208,9 @@ def _unzip_fields(extra_leaves, views, variant):
 
 def _directions_by_group(variant, ms, extras, views, count, split):
   """Stacks same-shape matrices, runs the direction, splits them back."""
+  if split is None and _loop_over_stacks():
+    variant = dataclasses.replace(
+        variant, direction=_one_matrix_at_a_time(variant.direction))
   groups: dict[Any, list[int]] = {}
   for i, v in enumerate(views):
     key = v.canonical_shape
@@ -259,6 +262,49 @@ def _offsets(sizes):
   for s in sizes:
     out.append(out[-1] + s)
   return out
+
+
+#: Below this many entries per matrix a stack is always processed in one
+#: batched call: small matrices fit in cache either way, and a loop's
+#: per-iteration overhead would dominate.
+_LOOP_MIN_ENTRIES = 128 * 128
+#: ``None``: loop over stacks on CPU only; ``True`` / ``False`` force it (for
+#: the benchmarks, which compare both).
+_LOOP_STACKS: bool | None = None
+
+
+def _loop_over_stacks() -> bool:
+  """Whether stacks are run one matrix at a time (see
+  :func:`_one_matrix_at_a_time`): on CPU, unless forced by ``_LOOP_STACKS``."""
+  if _LOOP_STACKS is not None:
+    return _LOOP_STACKS
+  return jax.default_backend() == "cpu"
+
+
+def _one_matrix_at_a_time(direction):
+  """Wraps a direction so that a stack runs as a loop over its matrices.
+
+  A direction is independent per matrix, so this changes no result. On CPU
+  it is faster than one batched call (measured in benchmarks/README.md):
+  the batched call runs each Newton–Schulz matmul over the whole stack before
+  the next, streaming every intermediate through memory, while a loop keeps
+  one matrix's intermediates in cache. Accelerators want the batch, so this
+  is only used on CPU.
+  """
+  def looped(m, states, count, transposed):
+    k, rows, cols = m.shape
+    if k == 1 or rows * cols < _LOOP_MIN_ENTRIES:
+      return direction(m, states, count, transposed)
+
+    def one(args):
+      m_i, states_i = args
+      d, new = direction(m_i[None], tuple(s[None] for s in states_i), count,
+                         transposed)
+      return d[0], tuple(s[0] for s in new)
+
+    return jax.lax.map(one, (m, tuple(states)))
+
+  return looped
 
 
 # ------------------------------------------------------------ device mesh ----
