@@ -37,17 +37,6 @@ from optax_muon import _matrix
 MeshAxis = Union[None, str, Sequence[str]]
 
 
-class DirectionFn:
-  """Protocol of a variant's direction (documentation only).
-
-  ``direction(m, states, count, transposed) -> (d, new_states)`` where ``m``
-  is a ``(k, rows, cols)`` stack of canonical (``rows <= cols``) momentum
-  matrices in float32, ``states`` a tuple of the variant's state stacks
-  (leading axis ``k``), ``count`` the 1-based step and ``transposed`` whether
-  the stack holds ``G^T`` of ``(fan_in, fan_out)`` matrices.
-  """
-
-
 @dataclasses.dataclass(frozen=True)
 class Variant:
   """What a Muon-family optimizer adds to the shared skeleton.
@@ -59,7 +48,12 @@ class Variant:
       :attr:`init_leaf` builds.
     init_leaf: ``(view, dtype) -> tuple`` of arrays, one per extra state
       field, each with leading axes ``view.batch_shape``.
-    direction: see :class:`DirectionFn`.
+    direction: ``(m, states, count, transposed) -> (d, new_states)``: ``m``
+      is a ``(k, rows, cols)`` stack of canonical (``rows <= cols``)
+      momentum matrices in float32, ``states`` a tuple of the variant's state
+      stacks (leading axis ``k``), ``count`` the 1-based step and
+      ``transposed`` whether the stack holds ``G^T`` of the ``(fan_in,
+      fan_out)`` matrices.
     orientation_matters: whether :attr:`direction` depends on ``transposed``;
       if so, wide and tall leaves are never stacked together.
     state_axes: ``view -> tuple``, one entry per extra state field: for each
