@@ -46,13 +46,14 @@ import numpy as np
 from optax_muon import _newton_schulz as ns
 
 ROWS, _ = ns.ns_coefficients("quintic", 5)
-mm = ns._matmul
+mm = lambda a, b: ns._matmul(a, b, jax.lax.Precision.HIGHEST)
 
 
 def sym_blocks(k):
   """``a @ b`` for a known-symmetric product, by ``k`` block rows (the
   library's ``_symmetric_matmul``)."""
-  return lambda a, b: ns._symmetric_matmul(a, b, blocks=k)
+  return lambda a, b: ns._symmetric_matmul(
+      a, b, blocks=k, precision=jax.lax.Precision.HIGHEST)
 
 
 def gram_iteration(x, product=mm, merged=False, sym_start=False):
@@ -83,7 +84,8 @@ def orth_one(x, form="auto", product=mm, merged=False, trace_norm=False,
              sym_start=False):
   """One wide matrix (or a batch): the library's pipeline, with options."""
   m, n = x.shape[-2:]
-  use_gram = ns._pick_form(form, m, n, len(ROWS), jnp.float32) == "gram"
+  use_gram = (form == "gram" or form == "auto" and ns.NewtonSchulz(
+      steps=len(ROWS), dtype=jnp.float32).form_for(m, n) == "gram")
   if not use_gram:
     return ns.orthogonalize(x, form="standard", dtype=jnp.float32)
   if trace_norm:

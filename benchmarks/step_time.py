@@ -31,18 +31,17 @@ Usage:
   python benchmarks/step_time.py --out benchmarks/results/step_time.json
   python benchmarks/step_time.py --experiments   # + rows of what did not win
 
-Experiment rows (--experiments) re-trace om.muon with one of its CPU choices
-undone: "[no Newton-Schulz]" (the identity instead: what the rest of the step
-costs), "[full products]" (no symmetric block products), "[batched
-stacks]" (one batched call per stack instead of a loop), "[standard form]"
-(no Gram form), "[batched, standard]" (neither).
+Experiment rows (--experiments) build om.muon with one of its CPU choices
+undone, by passing an ``om.Tuning``: "[full products]" (no symmetric block
+products), "[batched stacks]" (one batched call per stack instead of a
+loop), "[standard form]" (no Gram form), "[batched, standard]" (neither);
+and "[no Newton-Schulz]", the same skeleton with the identity as its
+direction (what the rest of the step costs).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import functools
 
 import _common
 import jax
@@ -51,7 +50,7 @@ import numpy as np
 import optax
 
 import optax_muon as om
-from optax_muon import _newton_schulz, _skeleton
+from optax_muon import _aliases, _labels, _newton_schulz, _skeleton
 
 BASELINE = "optax.contrib.muon"
 
@@ -74,20 +73,28 @@ def plain_ns(x, steps=5):
   return x
 
 
-@contextlib.contextmanager
-def patched(obj, name, value):
-  old = getattr(obj, name)
-  setattr(obj, name, value)
-  try:
-    yield
-  finally:
-    setattr(obj, name, old)
+class _Identity(_skeleton.Direction):
+  """The momentum itself as the direction: the skeleton without
+  Newton–Schulz."""
+  name = "identity"
+
+  def __call__(self, m, states, count, transposed):
+    return m, states
+
+
+def muon_without_newton_schulz():
+  """om.muon's routing, momentum, stacking and AdamW, with no Newton–Schulz."""
+  return optax.multi_transform(
+      {_labels.MUON: optax.chain(_skeleton.scale_by_muon_family(_Identity()),
+                                 optax.scale_by_learning_rate(0.02)),
+       _labels.ADAMW: _aliases.in_float32(optax.adamw(3e-4, b2=0.95))},
+      _labels.resolve_labels(None))
 
 
 class Stepper:
   """A jitted optimizer step threading its own params and state."""
 
-  def __init__(self, tx, params, grads, steps_per_call=1, trace_ctx=None):
+  def __init__(self, tx, params, grads, steps_per_call=1):
     self.grads, self.params = grads, params
     self.state = tx.init(params)
     self.steps_per_call = steps_per_call
@@ -98,9 +105,7 @@ class Stepper:
       return optax.apply_updates(p, u), s
 
     self._step = step
-    # Trace now, under the context that selects the code path.
-    with trace_ctx or contextlib.nullcontext():
-      self()
+    self()  # compile
 
   def __call__(self):
     for _ in range(self.steps_per_call):
@@ -136,23 +141,13 @@ def build(args, params, grads):
       om.mommuon(ns_every=10), params, grads, steps_per_call=10)
   if args.experiments:
     c["om.muon [no Newton-Schulz]"] = Stepper(
-        om.muon(), params, grads, trace_ctx=patched(
-            _newton_schulz, "orthogonalize", lambda x, **kw: x))
-    c["om.muon [full products]"] = Stepper(
-        om.muon(), params, grads,
-        trace_ctx=patched(_newton_schulz, "_SYMMETRIC_BLOCKS", 1))
-    c["om.muon [batched stacks]"] = Stepper(
-        om.muon(), params, grads,
-        trace_ctx=patched(_skeleton, "_LOOP_STACKS", False))
-    c["om.muon [standard form]"] = Stepper(
-        om.muon(), params, grads, trace_ctx=patched(
-            _newton_schulz, "_pick_form",
-            lambda form, *a: "standard" if form == "auto" else form))
-    c["om.muon [batched, standard]"] = Stepper(
-        om.muon(), params, grads, trace_ctx=_both(
-            patched(_skeleton, "_LOOP_STACKS", False),
-            patched(_newton_schulz, "_pick_form",
-                    lambda form, *a: "standard" if form == "auto" else form)))
+        muon_without_newton_schulz(), params, grads)
+    for name, tuning in (
+        ("full products", om.Tuning(symmetric_blocks=1)),
+        ("batched stacks", om.Tuning(loop_stacks=False)),
+        ("standard form", om.Tuning(form="standard")),
+        ("batched, standard", om.Tuning(loop_stacks=False, form="standard"))):
+      c[f"om.muon [{name}]"] = Stepper(om.muon(tuning=tuning), params, grads)
   n = args.matmul_size
   key = jax.random.PRNGKey(2)
   a32 = jax.random.normal(key, (n, n), jnp.float32)
@@ -162,12 +157,6 @@ def build(args, params, grads):
         lambda a: jnp.matmul(a, a, preferred_element_type=jnp.float32),
         a32.astype(jnp.bfloat16))
   return c
-
-
-@contextlib.contextmanager
-def _both(a, b):
-  with a, b:
-    yield
 
 
 def ns_flops_of_tree(shapes, form_of=lambda m, n: "standard", steps=5):
@@ -217,9 +206,9 @@ def main():
         np.median(v) * 1e3 / getattr(cands[k], "steps_per_call", 1))
 
   std_flops = ns_flops_of_tree(shapes)
-  cdtype = _newton_schulz.default_ns_dtype()
-  om_flops = ns_flops_of_tree(shapes, functools.partial(
-      lambda m, n: _newton_schulz._pick_form("auto", m, n, 5, cdtype)))
+  default_ns = om.NewtonSchulz()
+  cdtype = default_ns.compute_dtype()
+  om_flops = ns_flops_of_tree(shapes, default_ns.form_for)
   n = args.matmul_size
   rates = {k.split()[1]: 2 * n**3 / (stats[k]["median_ms"] / 1e3)
            for k in stats if k.startswith("matmul")}

@@ -2,21 +2,34 @@
 
 from optax_muon._aliases import (
     adamuon,
+    in_float32,
     mommuon,
     muon,
     normuon,
     ogsignmuon,
     static_args,
 )
-from optax_muon._labels import EMBEDDING_NAMES, HEAD_NAMES, muon_labels
+from optax_muon._labels import (
+    EMBEDDING_NAMES,
+    HEAD_NAMES,
+    NON_MATRIX_NAMES,
+    muon_labels,
+)
 from optax_muon._matrix import MatrixView, matrix_view
-from optax_muon._newton_schulz import ns_coefficients, ns_flops, orthogonalize
+from optax_muon._newton_schulz import (
+    NewtonSchulz,
+    inverse_sqrt,
+    ns_coefficients,
+    ns_flops,
+    orthogonalize,
+)
 from optax_muon._skeleton import ScaleByMuonState
+from optax_muon._tuning import Tuning
 from optax_muon._variants import (
     ScaleByAdaMuonState,
+    ScaleByMomMuonGramState,
     ScaleByMomMuonState,
     ScaleByNorMuonState,
-    inverse_sqrt,
     scale_by_adamuon,
     scale_by_mommuon,
     scale_by_muon,
@@ -30,14 +43,18 @@ __version__ = "0.1.0"
 __all__ = (
     "EMBEDDING_NAMES",
     "HEAD_NAMES",
+    "NON_MATRIX_NAMES",
     "MatrixView",
+    "NewtonSchulz",
     "ScaleByAdaMuonState",
     "ScaleByMomMuonGramState",
     "ScaleByMomMuonState",
     "ScaleByMuonState",
     "ScaleByNorMuonState",
+    "Tuning",
     "adamuon",
     "add_cautious_decayed_weights",
+    "in_float32",
     "inverse_sqrt",
     "matrix_view",
     "mommuon",

@@ -4,7 +4,7 @@ Each alias is::
 
   optax.multi_transform(
       {"muon": chain(scale_by_<variant>, decayed_weights, scale_by_lr),
-       "adamw": optax.adamw(...)},
+       "adamw": in_float32(optax.adamw(...))},
       labels)
 
 AdamW runs on params and gradients promoted to at least float32
@@ -18,51 +18,51 @@ Use with ``optax.inject_hyperparams`` by naming the static arguments:
 
 from __future__ import annotations
 
+import inspect
+
 import jax
 import jax.numpy as jnp
 import optax
 from jax.typing import DTypeLike
 
-from optax_muon import _labels, _matrix, _skeleton, _variants, _weight_decay
+from optax_muon import (
+  _checks,
+  _labels,
+  _matrix,
+  _mesh,
+  _tuning,
+  _variants,
+  _weight_decay,
+)
 from optax_muon import _newton_schulz as ns
 
 _STATIC = ("ns_steps", "ns_every", "ns_dtype", "mu_dtype", "param_labels",
-           "batch_axes", "mesh")
+           "batch_axes", "mesh", "tuning")
 
 
 def static_args(alias) -> tuple[str, ...]:
   """The arguments of ``alias`` that ``optax.inject_hyperparams`` must not
-  turn into arrays or schedules: the step counts (``ns_steps``,
-  ``ns_every``: Python ints that shape the computation), dtypes (classes
-  look like callables), ``param_labels`` / ``batch_axes`` (functions) and
-  ``mesh`` (a ``Mesh`` is callable, as a context decorator).
+  turn into arrays or schedules.
 
-  Example: ``optax.inject_hyperparams(om.mommuon,
-  static_args=om.static_args(om.mommuon))(learning_rate=0.02)``.
+  They are the step counts (``ns_steps``, ``ns_every``: Python ints that
+  shape the computation), dtypes (classes look like callables),
+  ``param_labels`` / ``batch_axes`` (functions), ``mesh`` (a ``Mesh`` is
+  callable, as a context decorator) and ``tuning``.
 
   With bfloat16 or float16 params also pass
   ``hyperparam_dtype=jnp.float32``: by default ``inject_hyperparams`` stores
   every hyperparameter in the params' dtype, which turns ``momentum=0.95``
   into 0.9492 and ``beta2=0.995`` into 0.9961 in bfloat16.
+
+  Example:
+    >>> import optax, optax_muon as om
+    >>> om.static_args(om.muon)
+    ('ns_steps', 'ns_dtype', 'mu_dtype', 'param_labels', 'batch_axes', 'mesh', 'tuning')
+    >>> tx = optax.inject_hyperparams(
+    ...     om.muon, static_args=om.static_args(om.muon))(learning_rate=0.02)
   """
-  import inspect
   params = inspect.signature(alias).parameters
   return tuple(name for name in _STATIC if name in params)
-
-
-_ALIAS_ARGS_DOC = """learning_rate: Muon-chain learning rate (a float or a schedule).
-    weight_decay: decoupled weight decay of the Muon chain, scaled by the
-      learning rate: ``p <- p - lr * (u + weight_decay * p)``.
-    cautious_weight_decay: decay only entries where the update and the
-      parameter agree in sign (see :func:`add_cautious_decayed_weights`).
-    adamw_learning_rate: AdamW's learning rate (a float or a schedule).
-    adamw_b1: AdamW's first-moment coefficient.
-    adamw_b2: AdamW's second-moment coefficient.
-    adamw_eps: AdamW's epsilon.
-    adamw_weight_decay: AdamW's decoupled weight decay.
-    param_labels: ``None`` (use :func:`muon_labels`), a tree of ``"muon"`` /
-      ``"adamw"`` labels like the params, or a function of the params that
-      returns one (name it in ``static_args`` under inject_hyperparams)."""
 
 
 def _promote_to_float32(tree):
@@ -95,9 +95,17 @@ def in_float32(inner: optax.GradientTransformation
   return optax.GradientTransformation(init_fn, update_fn)
 
 
-def _alias(scale: optax.GradientTransformation, learning_rate, weight_decay,
-           cautious_weight_decay, adamw_learning_rate, adamw_b1, adamw_b2,
-           adamw_eps, adamw_weight_decay, param_labels, mu_dtype=None):
+def _alias(scale: optax.GradientTransformation, *, learning_rate,
+           weight_decay, cautious_weight_decay, adamw_learning_rate, adamw_b1,
+           adamw_b2, adamw_eps, adamw_weight_decay, param_labels, mu_dtype,
+           batch_axes):
+  """The ``multi_transform`` every alias returns, arguments checked."""
+  _checks.in_range(weight_decay, "weight_decay", 0.0)
+  _checks.boolean(cautious_weight_decay, "cautious_weight_decay")
+  _checks.in_range(adamw_b1, "adamw_b1", 0.0, 1.0, high_open=True)
+  _checks.in_range(adamw_b2, "adamw_b2", 0.0, 1.0, high_open=True)
+  _checks.in_range(adamw_eps, "adamw_eps", 0.0)
+  _checks.in_range(adamw_weight_decay, "adamw_weight_decay", 0.0)
   muon_chain = optax.chain(
       scale,
       _weight_decay.decayed_weights(weight_decay, cautious_weight_decay),
@@ -108,7 +116,7 @@ def _alias(scale: optax.GradientTransformation, learning_rate, weight_decay,
       weight_decay=adamw_weight_decay, mu_dtype=mu_dtype))
   return optax.multi_transform(
       {_labels.MUON: muon_chain, _labels.ADAMW: adamw},
-      _labels.resolve_labels(param_labels))
+      _labels.resolve_labels(param_labels, batch_axes))
 
 
 def muon(
@@ -130,36 +138,103 @@ def muon(
     param_labels: _labels.ParamLabels = None,
     mu_dtype: DTypeLike | None = None,
     batch_axes: _matrix.BatchAxes = None,
-    ns_mesh_axis: _skeleton.MeshAxis = None,
+    ns_mesh_axis: _mesh.MeshAxis = None,
     mesh: jax.sharding.Mesh | None = None,
+    tuning: _tuning.Tuning | None = None,
 ) -> optax.GradientTransformation:
   """Muon for hidden matrices, AdamW for everything else.
 
   Hidden matrices (as labelled by ``param_labels``, by default
-  :func:`muon_labels`: leaves with 2+ dims that are not embeddings or output
+  :func:`muon_labels`: weight matrices that are not embeddings or output
   heads) get :func:`scale_by_muon`, decoupled weight decay and the learning
-  rate; every other leaf gets ``optax.adamw``. The Muon step equals
-  Keller Jordan's PyTorch ``Muon`` (``muon_update``) in the Flax layout.
+  rate; every other leaf (embeddings, heads, biases, norm scales) gets
+  ``optax.adamw``. The Muon step equals Keller Jordan's PyTorch ``Muon``
+  (``muon_update``) in the Flax layout.
 
   References:
     Jordan et al., "Muon: An optimizer for hidden layers in neural
     networks", 2024. https://kellerjordan.github.io/posts/muon/
 
+  Non-finite gradients: a NaN or inf in a Muon leaf's gradient makes that
+  leaf's update NaN and stays in its momentum (other leaves, even ones
+  batched with it, are not affected). To skip such steps wrap the optimizer
+  in ``optax.apply_if_finite(..., max_consecutive_errors=k)``.
+
+  Dtypes and checkpoints: updates come in the gradients' dtype. For
+  bfloat16 and float16 params the momentum (and AdamW's moments) is float32
+  unless ``mu_dtype`` is given. The state's dtypes and shapes never change,
+  so a jitted update compiles once, and the state is a pytree of arrays that
+  ``orbax.checkpoint`` saves and restores as it is.
+
   Args:
-    {alias}
-    {common}
+    learning_rate: Muon-chain learning rate (a float or a schedule).
+    momentum: EMA coefficient ``beta`` of the momentum buffer, in ``[0, 1)``.
+    nesterov: use the Nesterov form ``(1 - beta) g + beta buf``.
+    ns_steps: Newton–Schulz steps (an int >= 1).
+    ns_coeffs: ``"quintic"``, ``"polar_express"`` or a table of
+      ``(a, b, c)`` rows; see :class:`NewtonSchulz`.
+    ns_dtype: compute dtype of Newton–Schulz. ``None``: float32 on CPU,
+      bfloat16 inputs with float32 accumulation on GPU/TPU. ``jnp.float32``
+      is float32 on every backend (``Precision.HIGHEST`` matmuls).
+    shape_scale: ``"spectral"`` (``sqrt(max(1, fan_out / fan_in))``, the
+      reference Muon), ``"rms"`` (``0.2 sqrt(max(fan_in, fan_out))``,
+      Moonlight: AdamW's learning rate and weight decay transfer) or
+      ``"none"``.
+    weight_decay: decoupled weight decay of the Muon chain (``>= 0``), scaled
+      by the learning rate: ``p <- p - lr * (u + weight_decay * p)``.
+    cautious_weight_decay: decay only entries where the update and the
+      parameter agree in sign (see :func:`add_cautious_decayed_weights`).
+    adamw_learning_rate: AdamW's learning rate (a float or a schedule).
+    adamw_b1: AdamW's first-moment coefficient, in ``[0, 1)``.
+    adamw_b2: AdamW's second-moment coefficient, in ``[0, 1)``.
+    adamw_eps: AdamW's epsilon (``>= 0``).
+    adamw_weight_decay: AdamW's decoupled weight decay (``>= 0``).
+    param_labels: ``None`` (use :func:`muon_labels` with this alias's
+      ``batch_axes``), a tree of ``"muon"`` / ``"adamw"`` labels like the
+      params, or a function of the params that returns one (name it in
+      ``static_args`` under ``optax.inject_hyperparams``).
+    mu_dtype: floating dtype of the momentum buffer and of AdamW's first
+      moment; ``None`` is the param's dtype promoted to at least float32.
+    batch_axes: axes of a leaf that index separate matrices (stacked or
+      scanned layers): ``None``, axes for every leaf, or a function
+      ``(path, leaf) -> axes``.
+    ns_mesh_axis: a mesh axis name (or tuple of names) to split the stacked
+      matrices over, so that each device orthogonalises only its share; see
+      :func:`scale_by_muon`.
+    mesh: the mesh for ``ns_mesh_axis``; ``None`` uses the ambient mesh
+      (``jax.set_mesh``).
+    tuning: speed choices (:class:`Tuning`); ``None`` is the backend's
+      defaults. They change no result beyond rounding.
 
   Returns:
     An ``optax.GradientTransformation`` (a ``multi_transform``).
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> import optax, optax_muon as om
+    >>> params = {"hidden": {"kernel": jnp.ones((8, 4)), "bias": jnp.zeros(4)},
+    ...           "head": {"kernel": jnp.ones((4, 2))}}
+    >>> tx = om.muon(0.02)
+    >>> state = tx.init(params)
+    >>> grads = jax.tree.map(jnp.ones_like, params)
+    >>> updates, state = tx.update(grads, state, params)
+    >>> params = optax.apply_updates(params, updates)
+    >>> om.muon_labels(params)["hidden"]
+    {'bias': 'adamw', 'kernel': 'muon'}
   """
   return _alias(
       _variants.scale_by_muon(
-          momentum, nesterov=nesterov, ns_steps=ns_steps, ns_coeffs=ns_coeffs,
-          ns_dtype=ns_dtype, shape_scale=shape_scale, mu_dtype=mu_dtype,
-          batch_axes=batch_axes, ns_mesh_axis=ns_mesh_axis, mesh=mesh),
-      learning_rate, weight_decay, cautious_weight_decay, adamw_learning_rate,
-      adamw_b1, adamw_b2, adamw_eps, adamw_weight_decay, param_labels,
-      mu_dtype)
+          momentum, nesterov=nesterov,
+          ns_steps=ns_steps, ns_coeffs=ns_coeffs, ns_dtype=ns_dtype,
+          shape_scale=shape_scale,
+          mu_dtype=mu_dtype, batch_axes=batch_axes, ns_mesh_axis=ns_mesh_axis,
+          mesh=mesh, tuning=tuning),
+      learning_rate=learning_rate, weight_decay=weight_decay,
+      cautious_weight_decay=cautious_weight_decay,
+      adamw_learning_rate=adamw_learning_rate, adamw_b1=adamw_b1,
+      adamw_b2=adamw_b2, adamw_eps=adamw_eps,
+      adamw_weight_decay=adamw_weight_decay, param_labels=param_labels,
+      mu_dtype=mu_dtype, batch_axes=batch_axes)
 
 
 def adamuon(
@@ -184,32 +259,103 @@ def adamuon(
     param_labels: _labels.ParamLabels = None,
     mu_dtype: DTypeLike | None = None,
     batch_axes: _matrix.BatchAxes = None,
-    ns_mesh_axis: _skeleton.MeshAxis = None,
+    ns_mesh_axis: _mesh.MeshAxis = None,
     mesh: jax.sharding.Mesh | None = None,
+    tuning: _tuning.Tuning | None = None,
 ) -> optax.GradientTransformation:
   """AdaMuon (:func:`scale_by_adamuon`) for hidden matrices, AdamW for the rest.
 
+  The Muon update of each matrix is scaled by its momentum's norm against a
+  running RMS of that norm (one scalar per matrix, NovoGrad-style); routing
+  as in :func:`muon`.
+
+  Non-finite gradients: a NaN or inf in a Muon leaf's gradient makes that
+  leaf's update NaN and stays in its momentum (other leaves, even ones
+  batched with it, are not affected). To skip such steps wrap the optimizer
+  in ``optax.apply_if_finite(..., max_consecutive_errors=k)``.
+
+  Dtypes and checkpoints: updates come in the gradients' dtype. For
+  bfloat16 and float16 params the momentum (and AdamW's moments) is float32
+  unless ``mu_dtype`` is given. The state's dtypes and shapes never change,
+  so a jitted update compiles once, and the state is a pytree of arrays that
+  ``orbax.checkpoint`` saves and restores as it is.
+
   Args:
-    {alias}
-    beta2: EMA coefficient of the per-matrix squared-norm second moment.
-    eps: relative guard of the division by ``sqrt(v_hat)`` (see
+    learning_rate: Muon-chain learning rate (a float or a schedule).
+    momentum: EMA coefficient ``beta`` of the momentum buffer, in ``[0, 1)``.
+    beta2: EMA coefficient of the per-matrix squared-norm second moment, in
+      ``[0, 1)``.
+    eps: relative guard of the division by ``sqrt(v_hat)`` (``>= 0``; see
       :func:`scale_by_adamuon`).
     bias_correction: divide the second moment by ``1 - beta2^t`` (the seed's
       code does not: ``False`` restores it).
-    {common}
+    nesterov: use the Nesterov form ``(1 - beta) g + beta buf``.
+    ns_steps: Newton–Schulz steps (an int >= 1).
+    ns_coeffs: ``"quintic"``, ``"polar_express"`` or a table of
+      ``(a, b, c)`` rows; see :class:`NewtonSchulz`.
+    ns_dtype: compute dtype of Newton–Schulz. ``None``: float32 on CPU,
+      bfloat16 inputs with float32 accumulation on GPU/TPU. ``jnp.float32``
+      is float32 on every backend (``Precision.HIGHEST`` matmuls).
+    shape_scale: ``"spectral"`` (``sqrt(max(1, fan_out / fan_in))``, the
+      reference Muon), ``"rms"`` (``0.2 sqrt(max(fan_in, fan_out))``,
+      Moonlight: AdamW's learning rate and weight decay transfer) or
+      ``"none"``.
+    weight_decay: decoupled weight decay of the Muon chain (``>= 0``), scaled
+      by the learning rate: ``p <- p - lr * (u + weight_decay * p)``.
+    cautious_weight_decay: decay only entries where the update and the
+      parameter agree in sign (see :func:`add_cautious_decayed_weights`).
+    adamw_learning_rate: AdamW's learning rate (a float or a schedule).
+    adamw_b1: AdamW's first-moment coefficient, in ``[0, 1)``.
+    adamw_b2: AdamW's second-moment coefficient, in ``[0, 1)``.
+    adamw_eps: AdamW's epsilon (``>= 0``).
+    adamw_weight_decay: AdamW's decoupled weight decay (``>= 0``).
+    param_labels: ``None`` (use :func:`muon_labels` with this alias's
+      ``batch_axes``), a tree of ``"muon"`` / ``"adamw"`` labels like the
+      params, or a function of the params that returns one (name it in
+      ``static_args`` under ``optax.inject_hyperparams``).
+    mu_dtype: floating dtype of the momentum buffer and of AdamW's first
+      moment; ``None`` is the param's dtype promoted to at least float32.
+    batch_axes: axes of a leaf that index separate matrices (stacked or
+      scanned layers): ``None``, axes for every leaf, or a function
+      ``(path, leaf) -> axes``.
+    ns_mesh_axis: a mesh axis name (or tuple of names) to split the stacked
+      matrices over, so that each device orthogonalises only its share; see
+      :func:`scale_by_muon`.
+    mesh: the mesh for ``ns_mesh_axis``; ``None`` uses the ambient mesh
+      (``jax.set_mesh``).
+    tuning: speed choices (:class:`Tuning`); ``None`` is the backend's
+      defaults. They change no result beyond rounding.
 
   Returns:
     An ``optax.GradientTransformation`` (a ``multi_transform``).
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> import optax, optax_muon as om
+    >>> params = {"hidden": {"kernel": jnp.ones((8, 4)), "bias": jnp.zeros(4)},
+    ...           "head": {"kernel": jnp.ones((4, 2))}}
+    >>> tx = om.adamuon(0.02)
+    >>> state = tx.init(params)
+    >>> grads = jax.tree.map(jnp.ones_like, params)
+    >>> updates, state = tx.update(grads, state, params)
+    >>> params = optax.apply_updates(params, updates)
+    >>> om.muon_labels(params)["hidden"]
+    {'bias': 'adamw', 'kernel': 'muon'}
   """
   return _alias(
       _variants.scale_by_adamuon(
           momentum, beta2=beta2, eps=eps, bias_correction=bias_correction,
-          nesterov=nesterov, ns_steps=ns_steps, ns_coeffs=ns_coeffs,
-          ns_dtype=ns_dtype, shape_scale=shape_scale, mu_dtype=mu_dtype,
-          batch_axes=batch_axes, ns_mesh_axis=ns_mesh_axis, mesh=mesh),
-      learning_rate, weight_decay, cautious_weight_decay, adamw_learning_rate,
-      adamw_b1, adamw_b2, adamw_eps, adamw_weight_decay, param_labels,
-      mu_dtype)
+          nesterov=nesterov,
+          ns_steps=ns_steps, ns_coeffs=ns_coeffs, ns_dtype=ns_dtype,
+          shape_scale=shape_scale,
+          mu_dtype=mu_dtype, batch_axes=batch_axes, ns_mesh_axis=ns_mesh_axis,
+          mesh=mesh, tuning=tuning),
+      learning_rate=learning_rate, weight_decay=weight_decay,
+      cautious_weight_decay=cautious_weight_decay,
+      adamw_learning_rate=adamw_learning_rate, adamw_b1=adamw_b1,
+      adamw_b2=adamw_b2, adamw_eps=adamw_eps,
+      adamw_weight_decay=adamw_weight_decay, param_labels=param_labels,
+      mu_dtype=mu_dtype, batch_axes=batch_axes)
 
 
 def mommuon(
@@ -222,8 +368,6 @@ def mommuon(
     ns_average: str = "preconditioner",
     ns_damping: float = 0.0,
     nesterov: bool = True,
-    ns_coeffs: ns.NsCoeffs = "quintic",
-    ns_dtype: DTypeLike | None = None,
     shape_scale: str = "spectral",
     weight_decay: float = 0.0,
     cautious_weight_decay: bool = False,
@@ -235,38 +379,101 @@ def mommuon(
     param_labels: _labels.ParamLabels = None,
     mu_dtype: DTypeLike | None = None,
     batch_axes: _matrix.BatchAxes = None,
-    ns_mesh_axis: _skeleton.MeshAxis = None,
+    ns_mesh_axis: _mesh.MeshAxis = None,
     mesh: jax.sharding.Mesh | None = None,
+    tuning: _tuning.Tuning | None = None,
 ) -> optax.GradientTransformation:
   """MomMuon (:func:`scale_by_mommuon`) for hidden matrices, AdamW for the rest.
 
-  ``ns_coeffs`` is accepted for a common signature with the other aliases;
-  MomMuon's inverse square root has no coefficient table, so it is unused.
+  Each matrix's update is its normalised momentum whitened by a running
+  preconditioner ``P ~ (G G^T)^{-1/2}`` that a Newton–Schulz inverse square
+  root refreshes every ``ns_every`` steps; routing as in :func:`muon`. The
+  inverse square root always runs in float32, so there is no ``ns_dtype``.
+
+  Non-finite gradients: a NaN or inf in a Muon leaf's gradient makes that
+  leaf's update NaN and stays in its momentum (other leaves, even ones
+  batched with it, are not affected). To skip such steps wrap the optimizer
+  in ``optax.apply_if_finite(..., max_consecutive_errors=k)``.
+
+  Dtypes and checkpoints: updates come in the gradients' dtype. For
+  bfloat16 and float16 params the momentum (and AdamW's moments) is float32
+  unless ``mu_dtype`` is given. The state's dtypes and shapes never change,
+  so a jitted update compiles once, and the state is a pytree of arrays that
+  ``orbax.checkpoint`` saves and restores as it is.
 
   Args:
-    {alias}
-    ns_every: refresh the preconditioner every this many steps.
-    ns_beta: EMA coefficient of the preconditioner (or Gram) average.
+    learning_rate: Muon-chain learning rate (a float or a schedule).
+    momentum: EMA coefficient ``beta`` of the momentum buffer, in ``[0, 1)``.
+    ns_steps: steps of the coupled inverse-square-root iteration (an int
+      >= 1).
+    ns_every: refresh the preconditioner every this many steps (an int >= 0;
+      0: only on the first step).
+    ns_beta: EMA coefficient of the preconditioner (or Gram) average, in
+      ``[0, 1)``.
     ns_average: ``"preconditioner"`` (the seed) or ``"gram"``; see
       :func:`scale_by_mommuon`.
     ns_damping: Tikhonov damping of the whitened Gram matrix, relative to
-      its mean eigenvalue.
-    {common}
+      its mean eigenvalue (``>= 0``).
+    nesterov: use the Nesterov form ``(1 - beta) g + beta buf``.
+    shape_scale: ``"spectral"`` (``sqrt(max(1, fan_out / fan_in))``, the
+      reference Muon), ``"rms"`` (``0.2 sqrt(max(fan_in, fan_out))``,
+      Moonlight: AdamW's learning rate and weight decay transfer) or
+      ``"none"``.
+    weight_decay: decoupled weight decay of the Muon chain (``>= 0``), scaled
+      by the learning rate: ``p <- p - lr * (u + weight_decay * p)``.
+    cautious_weight_decay: decay only entries where the update and the
+      parameter agree in sign (see :func:`add_cautious_decayed_weights`).
+    adamw_learning_rate: AdamW's learning rate (a float or a schedule).
+    adamw_b1: AdamW's first-moment coefficient, in ``[0, 1)``.
+    adamw_b2: AdamW's second-moment coefficient, in ``[0, 1)``.
+    adamw_eps: AdamW's epsilon (``>= 0``).
+    adamw_weight_decay: AdamW's decoupled weight decay (``>= 0``).
+    param_labels: ``None`` (use :func:`muon_labels` with this alias's
+      ``batch_axes``), a tree of ``"muon"`` / ``"adamw"`` labels like the
+      params, or a function of the params that returns one (name it in
+      ``static_args`` under ``optax.inject_hyperparams``).
+    mu_dtype: floating dtype of the momentum buffer and of AdamW's first
+      moment; ``None`` is the param's dtype promoted to at least float32.
+    batch_axes: axes of a leaf that index separate matrices (stacked or
+      scanned layers): ``None``, axes for every leaf, or a function
+      ``(path, leaf) -> axes``.
+    ns_mesh_axis: a mesh axis name (or tuple of names) to split the stacked
+      matrices over, so that each device orthogonalises only its share; see
+      :func:`scale_by_muon`.
+    mesh: the mesh for ``ns_mesh_axis``; ``None`` uses the ambient mesh
+      (``jax.set_mesh``).
+    tuning: speed choices (:class:`Tuning`); ``None`` is the backend's
+      defaults. They change no result beyond rounding.
 
   Returns:
     An ``optax.GradientTransformation`` (a ``multi_transform``).
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> import optax, optax_muon as om
+    >>> params = {"hidden": {"kernel": jnp.ones((8, 4)), "bias": jnp.zeros(4)},
+    ...           "head": {"kernel": jnp.ones((4, 2))}}
+    >>> tx = om.mommuon(0.02)
+    >>> state = tx.init(params)
+    >>> grads = jax.tree.map(jnp.ones_like, params)
+    >>> updates, state = tx.update(grads, state, params)
+    >>> params = optax.apply_updates(params, updates)
+    >>> om.muon_labels(params)["hidden"]
+    {'bias': 'adamw', 'kernel': 'muon'}
   """
-  del ns_coeffs
   return _alias(
       _variants.scale_by_mommuon(
           momentum, ns_steps=ns_steps, ns_every=ns_every, ns_beta=ns_beta,
           ns_average=ns_average, ns_damping=ns_damping, nesterov=nesterov,
-          ns_dtype=ns_dtype, shape_scale=shape_scale,
-          mu_dtype=mu_dtype, batch_axes=batch_axes,
-          ns_mesh_axis=ns_mesh_axis, mesh=mesh),
-      learning_rate, weight_decay, cautious_weight_decay, adamw_learning_rate,
-      adamw_b1, adamw_b2, adamw_eps, adamw_weight_decay, param_labels,
-      mu_dtype)
+          shape_scale=shape_scale,
+          mu_dtype=mu_dtype, batch_axes=batch_axes, ns_mesh_axis=ns_mesh_axis,
+          mesh=mesh, tuning=tuning),
+      learning_rate=learning_rate, weight_decay=weight_decay,
+      cautious_weight_decay=cautious_weight_decay,
+      adamw_learning_rate=adamw_learning_rate, adamw_b1=adamw_b1,
+      adamw_b2=adamw_b2, adamw_eps=adamw_eps,
+      adamw_weight_decay=adamw_weight_decay, param_labels=param_labels,
+      mu_dtype=mu_dtype, batch_axes=batch_axes)
 
 
 def ogsignmuon(
@@ -288,27 +495,95 @@ def ogsignmuon(
     param_labels: _labels.ParamLabels = None,
     mu_dtype: DTypeLike | None = None,
     batch_axes: _matrix.BatchAxes = None,
-    ns_mesh_axis: _skeleton.MeshAxis = None,
+    ns_mesh_axis: _mesh.MeshAxis = None,
     mesh: jax.sharding.Mesh | None = None,
+    tuning: _tuning.Tuning | None = None,
 ) -> optax.GradientTransformation:
-  """OGSignMuon (:func:`scale_by_ogsignmuon`) for hidden matrices, AdamW for
-  the rest.
+  """OGSignMuon (:func:`scale_by_ogsignmuon`) for hidden matrices, AdamW for the rest.
+
+  Each matrix's update has Muon's magnitudes and the momentum's signs;
+  routing as in :func:`muon`.
+
+  Non-finite gradients: a NaN or inf in a Muon leaf's gradient makes that
+  leaf's update NaN and stays in its momentum (other leaves, even ones
+  batched with it, are not affected). To skip such steps wrap the optimizer
+  in ``optax.apply_if_finite(..., max_consecutive_errors=k)``.
+
+  Dtypes and checkpoints: updates come in the gradients' dtype. For
+  bfloat16 and float16 params the momentum (and AdamW's moments) is float32
+  unless ``mu_dtype`` is given. The state's dtypes and shapes never change,
+  so a jitted update compiles once, and the state is a pytree of arrays that
+  ``orbax.checkpoint`` saves and restores as it is.
 
   Args:
-    {alias}
-    {common}
+    learning_rate: Muon-chain learning rate (a float or a schedule).
+    momentum: EMA coefficient ``beta`` of the momentum buffer, in ``[0, 1)``.
+    nesterov: use the Nesterov form ``(1 - beta) g + beta buf``.
+    ns_steps: Newton–Schulz steps (an int >= 1).
+    ns_coeffs: ``"quintic"``, ``"polar_express"`` or a table of
+      ``(a, b, c)`` rows; see :class:`NewtonSchulz`.
+    ns_dtype: compute dtype of Newton–Schulz. ``None``: float32 on CPU,
+      bfloat16 inputs with float32 accumulation on GPU/TPU. ``jnp.float32``
+      is float32 on every backend (``Precision.HIGHEST`` matmuls).
+    shape_scale: ``"spectral"`` (``sqrt(max(1, fan_out / fan_in))``, the
+      reference Muon), ``"rms"`` (``0.2 sqrt(max(fan_in, fan_out))``,
+      Moonlight: AdamW's learning rate and weight decay transfer) or
+      ``"none"``.
+    weight_decay: decoupled weight decay of the Muon chain (``>= 0``), scaled
+      by the learning rate: ``p <- p - lr * (u + weight_decay * p)``.
+    cautious_weight_decay: decay only entries where the update and the
+      parameter agree in sign (see :func:`add_cautious_decayed_weights`).
+    adamw_learning_rate: AdamW's learning rate (a float or a schedule).
+    adamw_b1: AdamW's first-moment coefficient, in ``[0, 1)``.
+    adamw_b2: AdamW's second-moment coefficient, in ``[0, 1)``.
+    adamw_eps: AdamW's epsilon (``>= 0``).
+    adamw_weight_decay: AdamW's decoupled weight decay (``>= 0``).
+    param_labels: ``None`` (use :func:`muon_labels` with this alias's
+      ``batch_axes``), a tree of ``"muon"`` / ``"adamw"`` labels like the
+      params, or a function of the params that returns one (name it in
+      ``static_args`` under ``optax.inject_hyperparams``).
+    mu_dtype: floating dtype of the momentum buffer and of AdamW's first
+      moment; ``None`` is the param's dtype promoted to at least float32.
+    batch_axes: axes of a leaf that index separate matrices (stacked or
+      scanned layers): ``None``, axes for every leaf, or a function
+      ``(path, leaf) -> axes``.
+    ns_mesh_axis: a mesh axis name (or tuple of names) to split the stacked
+      matrices over, so that each device orthogonalises only its share; see
+      :func:`scale_by_muon`.
+    mesh: the mesh for ``ns_mesh_axis``; ``None`` uses the ambient mesh
+      (``jax.set_mesh``).
+    tuning: speed choices (:class:`Tuning`); ``None`` is the backend's
+      defaults. They change no result beyond rounding.
 
   Returns:
     An ``optax.GradientTransformation`` (a ``multi_transform``).
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> import optax, optax_muon as om
+    >>> params = {"hidden": {"kernel": jnp.ones((8, 4)), "bias": jnp.zeros(4)},
+    ...           "head": {"kernel": jnp.ones((4, 2))}}
+    >>> tx = om.ogsignmuon(0.02)
+    >>> state = tx.init(params)
+    >>> grads = jax.tree.map(jnp.ones_like, params)
+    >>> updates, state = tx.update(grads, state, params)
+    >>> params = optax.apply_updates(params, updates)
+    >>> om.muon_labels(params)["hidden"]
+    {'bias': 'adamw', 'kernel': 'muon'}
   """
   return _alias(
       _variants.scale_by_ogsignmuon(
-          momentum, nesterov=nesterov, ns_steps=ns_steps, ns_coeffs=ns_coeffs,
-          ns_dtype=ns_dtype, shape_scale=shape_scale, mu_dtype=mu_dtype,
-          batch_axes=batch_axes, ns_mesh_axis=ns_mesh_axis, mesh=mesh),
-      learning_rate, weight_decay, cautious_weight_decay, adamw_learning_rate,
-      adamw_b1, adamw_b2, adamw_eps, adamw_weight_decay, param_labels,
-      mu_dtype)
+          momentum, nesterov=nesterov,
+          ns_steps=ns_steps, ns_coeffs=ns_coeffs, ns_dtype=ns_dtype,
+          shape_scale=shape_scale,
+          mu_dtype=mu_dtype, batch_axes=batch_axes, ns_mesh_axis=ns_mesh_axis,
+          mesh=mesh, tuning=tuning),
+      learning_rate=learning_rate, weight_decay=weight_decay,
+      cautious_weight_decay=cautious_weight_decay,
+      adamw_learning_rate=adamw_learning_rate, adamw_b1=adamw_b1,
+      adamw_b2=adamw_b2, adamw_eps=adamw_eps,
+      adamw_weight_decay=adamw_weight_decay, param_labels=param_labels,
+      mu_dtype=mu_dtype, batch_axes=batch_axes)
 
 
 def normuon(
@@ -331,54 +606,95 @@ def normuon(
     param_labels: _labels.ParamLabels = None,
     mu_dtype: DTypeLike | None = None,
     batch_axes: _matrix.BatchAxes = None,
-    ns_mesh_axis: _skeleton.MeshAxis = None,
+    ns_mesh_axis: _mesh.MeshAxis = None,
     mesh: jax.sharding.Mesh | None = None,
+    tuning: _tuning.Tuning | None = None,
 ) -> optax.GradientTransformation:
   """NorMuon (:func:`scale_by_normuon`) for hidden matrices, AdamW for the rest.
 
-  Args:
-    {alias}
-    beta2: EMA coefficient of the per-output-neuron second moment.
-    {common}
+  The Muon update of each matrix is normalised per output neuron by a
+  running second moment, its Frobenius norm restored; routing as in
+  :func:`muon`.
 
-  Returns:
-    An ``optax.GradientTransformation`` (a ``multi_transform``).
-  """
-  return _alias(
-      _variants.scale_by_normuon(
-          momentum, beta2=beta2, nesterov=nesterov, ns_steps=ns_steps,
-          ns_coeffs=ns_coeffs, ns_dtype=ns_dtype, shape_scale=shape_scale,
-          mu_dtype=mu_dtype, batch_axes=batch_axes,
-          ns_mesh_axis=ns_mesh_axis, mesh=mesh),
-      learning_rate, weight_decay, cautious_weight_decay, adamw_learning_rate,
-      adamw_b1, adamw_b2, adamw_eps, adamw_weight_decay, param_labels,
-      mu_dtype)
-
-
-_ROBUSTNESS_DOC = """\
   Non-finite gradients: a NaN or inf in a Muon leaf's gradient makes that
-  leaf's update NaN and stays in its momentum, so every later update of the
-  leaf is NaN too (other leaves, even ones batched with it, are not
-  affected). To skip such steps wrap the optimizer:
-  ``optax.apply_if_finite(om.muon(...), max_consecutive_errors=k)`` leaves
-  the whole state untouched on a step whose gradients are not all finite, so
-  the next finite step is exactly that of a run that never saw it.
+  leaf's update NaN and stays in its momentum (other leaves, even ones
+  batched with it, are not affected). To skip such steps wrap the optimizer
+  in ``optax.apply_if_finite(..., max_consecutive_errors=k)``.
 
   Dtypes and checkpoints: updates come in the gradients' dtype. For
   bfloat16 and float16 params the momentum (and AdamW's moments) is float32
   unless ``mu_dtype`` is given. The state's dtypes and shapes never change,
-  so a jitted update compiles once, and the state is a pytree of arrays:
-  ``orbax.checkpoint.StandardCheckpointer`` saves and restores it as it is
-  (restore against ``jax.eval_shape`` of ``init``).
+  so a jitted update compiles once, and the state is a pytree of arrays that
+  ``orbax.checkpoint`` saves and restores as it is.
 
-"""
+  Args:
+    learning_rate: Muon-chain learning rate (a float or a schedule).
+    momentum: EMA coefficient ``beta`` of the momentum buffer, in ``[0, 1)``.
+    beta2: EMA coefficient of the per-output-neuron second moment, in
+      ``[0, 1)``.
+    nesterov: use the Nesterov form ``(1 - beta) g + beta buf``.
+    ns_steps: Newton–Schulz steps (an int >= 1).
+    ns_coeffs: ``"quintic"``, ``"polar_express"`` or a table of
+      ``(a, b, c)`` rows; see :class:`NewtonSchulz`.
+    ns_dtype: compute dtype of Newton–Schulz. ``None``: float32 on CPU,
+      bfloat16 inputs with float32 accumulation on GPU/TPU. ``jnp.float32``
+      is float32 on every backend (``Precision.HIGHEST`` matmuls).
+    shape_scale: ``"spectral"`` (``sqrt(max(1, fan_out / fan_in))``, the
+      reference Muon), ``"rms"`` (``0.2 sqrt(max(fan_in, fan_out))``,
+      Moonlight: AdamW's learning rate and weight decay transfer) or
+      ``"none"``.
+    weight_decay: decoupled weight decay of the Muon chain (``>= 0``), scaled
+      by the learning rate: ``p <- p - lr * (u + weight_decay * p)``.
+    cautious_weight_decay: decay only entries where the update and the
+      parameter agree in sign (see :func:`add_cautious_decayed_weights`).
+    adamw_learning_rate: AdamW's learning rate (a float or a schedule).
+    adamw_b1: AdamW's first-moment coefficient, in ``[0, 1)``.
+    adamw_b2: AdamW's second-moment coefficient, in ``[0, 1)``.
+    adamw_eps: AdamW's epsilon (``>= 0``).
+    adamw_weight_decay: AdamW's decoupled weight decay (``>= 0``).
+    param_labels: ``None`` (use :func:`muon_labels` with this alias's
+      ``batch_axes``), a tree of ``"muon"`` / ``"adamw"`` labels like the
+      params, or a function of the params that returns one (name it in
+      ``static_args`` under ``optax.inject_hyperparams``).
+    mu_dtype: floating dtype of the momentum buffer and of AdamW's first
+      moment; ``None`` is the param's dtype promoted to at least float32.
+    batch_axes: axes of a leaf that index separate matrices (stacked or
+      scanned layers): ``None``, axes for every leaf, or a function
+      ``(path, leaf) -> axes``.
+    ns_mesh_axis: a mesh axis name (or tuple of names) to split the stacked
+      matrices over, so that each device orthogonalises only its share; see
+      :func:`scale_by_muon`.
+    mesh: the mesh for ``ns_mesh_axis``; ``None`` uses the ambient mesh
+      (``jax.set_mesh``).
+    tuning: speed choices (:class:`Tuning`); ``None`` is the backend's
+      defaults. They change no result beyond rounding.
 
+  Returns:
+    An ``optax.GradientTransformation`` (a ``multi_transform``).
 
-def _fill_docs():
-  for fn in (muon, adamuon, mommuon, ogsignmuon, normuon):
-    fn.__doc__ = fn.__doc__.replace("{alias}", _ALIAS_ARGS_DOC).replace(
-        "{common}", _variants._COMMON_ARGS_DOC).replace(
-            "  Args:\n", _ROBUSTNESS_DOC + "  Args:\n", 1)
-
-
-_fill_docs()
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> import optax, optax_muon as om
+    >>> params = {"hidden": {"kernel": jnp.ones((8, 4)), "bias": jnp.zeros(4)},
+    ...           "head": {"kernel": jnp.ones((4, 2))}}
+    >>> tx = om.normuon(0.02)
+    >>> state = tx.init(params)
+    >>> grads = jax.tree.map(jnp.ones_like, params)
+    >>> updates, state = tx.update(grads, state, params)
+    >>> params = optax.apply_updates(params, updates)
+    >>> om.muon_labels(params)["hidden"]
+    {'bias': 'adamw', 'kernel': 'muon'}
+  """
+  return _alias(
+      _variants.scale_by_normuon(
+          momentum, beta2=beta2, nesterov=nesterov,
+          ns_steps=ns_steps, ns_coeffs=ns_coeffs, ns_dtype=ns_dtype,
+          shape_scale=shape_scale,
+          mu_dtype=mu_dtype, batch_axes=batch_axes, ns_mesh_axis=ns_mesh_axis,
+          mesh=mesh, tuning=tuning),
+      learning_rate=learning_rate, weight_decay=weight_decay,
+      cautious_weight_decay=cautious_weight_decay,
+      adamw_learning_rate=adamw_learning_rate, adamw_b1=adamw_b1,
+      adamw_b2=adamw_b2, adamw_eps=adamw_eps,
+      adamw_weight_decay=adamw_weight_decay, param_labels=param_labels,
+      mu_dtype=mu_dtype, batch_axes=batch_axes)

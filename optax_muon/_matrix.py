@@ -35,6 +35,15 @@ def key_name(key: Any) -> Any:
   return key
 
 
+def last_name(path: KeyPath) -> Any:
+  """The leaf's own name: the last key of its path that names something
+  (``nnx.Variable`` nodes add a trailing ``value`` entry)."""
+  names = [key_name(k) for k in path]
+  if len(names) > 1 and names[-1] == "value":
+    names = names[:-1]
+  return names[-1] if names else None
+
+
 def path_str(path: KeyPath) -> str:
   """``('layers', 0, 'kernel')``-style key path as ``'layers/0/kernel'``."""
   parts = [str(key_name(k)) for k in path]
@@ -81,9 +90,27 @@ class MatrixView:
   def canonical_shape(self) -> tuple[int, int]:
     return (min(self.fan_in, self.fan_out), max(self.fan_in, self.fan_out))
 
+  @property
+  def matrix_axes(self) -> tuple[int, ...]:
+    """The leaf's axes that are not batch axes: fan-in axes, then fan-out."""
+    return tuple(a for a in range(len(self.shape)) if a not in self.batch_axes)
+
+  @property
+  def fan_out_axis(self) -> int:
+    """The leaf's axis of ``fan_out`` (its last non-batch axis)."""
+    return self.matrix_axes[-1]
+
+  @property
+  def small_side_axis(self) -> int | None:
+    """The leaf's axis of the matrix's small side; ``None`` if that side is
+    several axes flattened (the fan-in of a conv kernel)."""
+    axes = self.matrix_axes
+    if self.transposed:
+      return axes[-1]
+    return axes[0] if len(axes) == 2 else None
+
   def _perm(self) -> tuple[int, ...]:
-    rest = [a for a in range(len(self.shape)) if a not in self.batch_axes]
-    return self.batch_axes + tuple(rest)
+    return self.batch_axes + self.matrix_axes
 
   def to_matrices(self, x: jax.Array) -> jax.Array:
     """Leaf -> ``(num_matrices, m, n)`` canonical (wide) matrices."""
@@ -112,12 +139,20 @@ class MatrixView:
         f"Unknown shape_scale {kind!r}: use one of {SHAPE_SCALES}.")
 
 
-def _normalize_axes(spec, ndim: int, where: str) -> tuple[int, ...]:
+def _normalize_axes(spec, ndim: int, where: str,
+                    min_rest: int = 2) -> tuple[int, ...]:
   if spec is None:
     return ()
+  if isinstance(spec, jax.Array):
+    raise ValueError(
+        f"batch_axes is the array {spec!r}: under optax.inject_hyperparams a "
+        "function passed as batch_axes is taken for a schedule; pass "
+        "static_args=om.static_args(alias), which names 'batch_axes'.")
   per_leaf = (" Axes shared by every leaf must fit them all; otherwise pass "
               "batch_axes=lambda path, leaf: axes, returning None for leaves "
-              "that are single matrices.")
+              "that are single matrices. (Under optax.inject_hyperparams a "
+              "batch_axes function must be named in static_args: "
+              "om.static_args(alias).)")
   try:
     axes = (spec,) if isinstance(spec, int) else tuple(spec)
   except TypeError:
@@ -135,12 +170,30 @@ def _normalize_axes(spec, ndim: int, where: str) -> tuple[int, ...]:
     raise ValueError(
         f"batch_axes {spec!r} repeats an axis for the leaf at {where}: name "
         "each batch axis once.")
-  if ndim - len(out) < 2:
+  if ndim - len(out) < min_rest:
     raise ValueError(
         f"batch_axes {spec!r} leaves fewer than 2 matrix axes of the leaf at "
         f"{where} with {ndim} dims: a Muon leaf needs (fan_in, fan_out) axes "
         "besides its batch axes." + per_leaf)
   return tuple(sorted(out))
+
+
+def matrix_ndim(path: KeyPath, leaf: Any, batch_axes: BatchAxes) -> int:
+  """How many of a leaf's dimensions are not batch axes (0 for non-arrays).
+
+  Batch axes that do not fit the leaf count as none: the label rule asks
+  only whether a leaf could be a matrix; :func:`matrix_view` reports the
+  misfit when the leaf goes to Muon.
+  """
+  shape = tuple(getattr(leaf, "shape", ()))
+  if not shape:
+    return 0
+  spec = batch_axes(path, leaf) if callable(batch_axes) else batch_axes
+  try:
+    axes = _normalize_axes(spec, len(shape), repr(path_str(path)), min_rest=0)
+  except ValueError:
+    axes = ()
+  return len(shape) - len(axes)
 
 
 def matrix_view(

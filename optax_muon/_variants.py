@@ -1,62 +1,39 @@
-"""The Muon family's direction functions and their ``scale_by_*`` transforms.
+"""The Muon family's directions and their ``scale_by_*`` transformations.
 
-Each variant only says how a stack of momentum matrices becomes a stack of
-update directions (and what extra state that needs); momentum, the matrix
-view, stacking, sharding and the shape scale live in ``_skeleton``.
+Each variant is a small frozen dataclass, a :class:`~optax_muon._skeleton.
+Direction`, whose fields are exactly the hyperparameters it uses: it says
+how a stack of momentum matrices becomes a stack of update directions (and
+what extra state that needs). Momentum, the matrix view, stacking, the mesh
+and the shape scale live in ``_skeleton`` and ``_mesh``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 from jax.typing import DTypeLike
 
-from optax_muon import _matrix, _skeleton
+from optax_muon import _checks, _matrix, _mesh, _skeleton, _tuning
 from optax_muon import _newton_schulz as ns
-from optax_muon._skeleton import ScaleByMuonState
-
-_COMMON_ARGS_DOC = """momentum: EMA coefficient ``beta`` of the momentum buffer.
-    nesterov: use the Nesterov form ``(1 - beta) g + beta buf``.
-    ns_steps: Newton–Schulz steps.
-    ns_coeffs: ``"quintic"``, ``"polar_express"`` or a table of
-      ``(a, b, c)`` rows; see :func:`optax_muon.orthogonalize`.
-    ns_dtype: compute dtype of Newton–Schulz; ``None`` is float32 on CPU and
-      bfloat16 (float32 accumulation) on GPU/TPU.
-    shape_scale: ``"spectral"`` (``sqrt(max(1, fan_out / fan_in))``, the
-      reference Muon), ``"rms"`` (``0.2 sqrt(max(fan_in, fan_out))``,
-      Moonlight: update RMS about 0.2, so AdamW's learning rate and weight
-      decay transfer) or ``"none"``.
-    mu_dtype: dtype of the momentum buffer; ``None`` is the param's dtype
-      promoted to at least float32.
-    batch_axes: axes of a leaf that index separate matrices (stacked or
-      scanned layers): ``None``, axes for every leaf, or a function
-      ``(path, leaf) -> axes``.
-    ns_mesh_axis: a mesh axis name (or tuple of names) to split the stacked
-      matrices over: each stack of same-shape matrices is padded to a
-      multiple of the axis size and sharded along it, so each device
-      orthogonalises only its share, and the results go back to each
-      param's own sharding (as the reference PyTorch Muon splits params
-      across ranks and all-gathers them). Params may be laid out in any
-      way (replicated, FSDP, tensor-parallel).
-    mesh: the mesh for ``ns_mesh_axis``; ``None`` uses the ambient mesh
-      (``jax.set_mesh``). With neither, the update raises ``ValueError``."""
-
-
-def _check_ns(ns_steps, ns_coeffs):
-  ns.ns_coefficients(ns_coeffs, ns_steps)  # raises early on bad input
-  return int(ns_steps)
-
 
 # ----------------------------------------------------------------- Muon ----
 
 
-def _muon_direction(m, states, count, transposed, *, ns_kwargs):
-  del count, transposed
-  return ns.orthogonalize(m, **ns_kwargs), states
+@dataclasses.dataclass(frozen=True)
+class MuonDirection(_skeleton.Direction):
+  """``orthogonalize(M)``."""
+
+  orthogonalize: ns.NewtonSchulz
+  name = "muon"
+
+  def __call__(self, m, states, count, transposed):
+    del count, transposed
+    return self.orthogonalize(m), states
 
 
 def scale_by_muon(
@@ -69,8 +46,9 @@ def scale_by_muon(
     shape_scale: str = "spectral",
     mu_dtype: DTypeLike | None = None,
     batch_axes: _matrix.BatchAxes = None,
-    ns_mesh_axis: _skeleton.MeshAxis = None,
+    ns_mesh_axis: _mesh.MeshAxis = None,
     mesh: jax.sharding.Mesh | None = None,
+    tuning: _tuning.Tuning | None = None,
 ) -> optax.GradientTransformation:
   r"""Muon's direction: orthogonalised momentum times the shape scale.
 
@@ -88,20 +66,45 @@ def scale_by_muon(
     networks", 2024. https://kellerjordan.github.io/posts/muon/
 
   Args:
-    {common}
+    momentum: EMA coefficient ``beta`` of the momentum buffer, in ``[0, 1)``.
+    nesterov: use the Nesterov form ``(1 - beta) g + beta buf``.
+    ns_steps: Newton–Schulz steps (an int >= 1).
+    ns_coeffs: ``"quintic"``, ``"polar_express"`` or a table of
+      ``(a, b, c)`` rows; see :class:`optax_muon.NewtonSchulz`.
+    ns_dtype: compute dtype of Newton–Schulz. ``None``: float32 on CPU,
+      bfloat16 inputs with float32 accumulation on GPU/TPU. ``jnp.float32``
+      is float32 on every backend (``Precision.HIGHEST`` matmuls).
+    shape_scale: ``"spectral"`` (``sqrt(max(1, fan_out / fan_in))``, the
+      reference Muon), ``"rms"`` (``0.2 sqrt(max(fan_in, fan_out))``,
+      Moonlight: update RMS about 0.2, so AdamW's learning rate and weight
+      decay transfer) or ``"none"``.
+    mu_dtype: floating dtype of the momentum buffer; ``None`` is the param's
+      dtype promoted to at least float32.
+    batch_axes: axes of a leaf that index separate matrices (stacked or
+      scanned layers): ``None``, axes for every leaf, or a function
+      ``(path, leaf) -> axes``.
+    ns_mesh_axis: a mesh axis name (or tuple of names) to split the stacked
+      matrices over: each stack of same-shape matrices is padded to a
+      multiple of the axis size and sharded along it, so each device
+      orthogonalises only its share, and the results go back to each
+      param's own sharding (as the reference PyTorch Muon splits params
+      across ranks and all-gathers them). Params may be laid out in any
+      way (replicated, FSDP, tensor-parallel).
+    mesh: the mesh for ``ns_mesh_axis``; ``None`` uses the ambient mesh
+      (``jax.set_mesh``). With neither, the update raises ``ValueError``.
+    tuning: speed choices (:class:`optax_muon.Tuning`); ``None`` is the
+      backend's defaults. They change no result beyond rounding.
 
   Returns:
     A ``GradientTransformation`` whose state is :class:`ScaleByMuonState`.
   """
-  ns_steps = _check_ns(ns_steps, ns_coeffs)
-  variant = _skeleton.Variant(
-      name="muon", state_cls=ScaleByMuonState,
-      direction=functools.partial(_muon_direction, ns_kwargs=dict(
-          ns_steps=ns_steps, ns_coeffs=ns_coeffs, dtype=ns_dtype)))
+  tuning = _tuning.resolve(tuning)
+  direction = MuonDirection(ns.NewtonSchulz(
+      steps=ns_steps, coeffs=ns_coeffs, dtype=ns_dtype, tuning=tuning))
   return _skeleton.scale_by_muon_family(
-      variant, momentum=momentum, nesterov=nesterov, shape_scale=shape_scale,
+      direction, momentum=momentum, nesterov=nesterov, shape_scale=shape_scale,
       mu_dtype=mu_dtype, batch_axes=batch_axes, ns_mesh_axis=ns_mesh_axis,
-      mesh=mesh)
+      mesh=mesh, tuning=tuning)
 
 
 # -------------------------------------------------------------- AdaMuon ----
@@ -152,19 +155,35 @@ def _entry_rms(m: jax.Array) -> jax.Array:
       jnp.square(m / safe[..., None, None]), axis=(-2, -1)))
 
 
-def _adamuon_direction(m, states, count, transposed, *, beta2, eps,
-                       bias_correction, ns_kwargs):
-  del transposed
-  (rms,) = states
-  # All matrices of a stack share (rows, cols), so measuring n as the
-  # entries' RMS rather than ||M||_F changes n and sqrt(v) by one constant
-  # and the factor not at all; unlike ||M||_F it cannot overflow.
-  norm = _entry_rms(m)
-  rms = ema_rms(rms, norm, beta2)
-  rms_hat = rms / jnp.sqrt(1 - beta2 ** count) if bias_correction else rms
-  factor = _relative_ratio(norm, rms_hat, eps)
-  d = ns.orthogonalize(m, **ns_kwargs) * factor[:, None, None]
-  return d, (rms,)
+@dataclasses.dataclass(frozen=True)
+class AdaMuonDirection(_skeleton.Direction):
+  """``orthogonalize(M) * n / (sqrt(v_hat) + eps max(n, sqrt(v_hat)))``."""
+
+  orthogonalize: ns.NewtonSchulz
+  beta2: Any
+  eps: Any
+  bias_correction: bool
+  name = "adamuon"
+  state_cls = ScaleByAdaMuonState
+
+  def init(self, view):
+    return (jnp.zeros(view.batch_shape, jnp.float32),)
+
+  def state_axes(self, view):
+    return (view.batch_axes,)
+
+  def __call__(self, m, states, count, transposed):
+    del transposed
+    (rms,) = states
+    # All matrices of a stack share (rows, cols), so measuring n as the
+    # entries' RMS rather than ||M||_F changes n and sqrt(v) by one constant
+    # and the factor not at all; unlike ||M||_F it cannot overflow.
+    norm = _entry_rms(m)
+    rms = ema_rms(rms, norm, self.beta2)
+    rms_hat = (rms / jnp.sqrt(1 - self.beta2 ** count) if self.bias_correction
+               else rms)
+    factor = _relative_ratio(norm, rms_hat, self.eps)
+    return self.orthogonalize(m) * factor[:, None, None], (rms,)
 
 
 def scale_by_adamuon(
@@ -180,8 +199,9 @@ def scale_by_adamuon(
     shape_scale: str = "spectral",
     mu_dtype: DTypeLike | None = None,
     batch_axes: _matrix.BatchAxes = None,
-    ns_mesh_axis: _skeleton.MeshAxis = None,
+    ns_mesh_axis: _mesh.MeshAxis = None,
     mesh: jax.sharding.Mesh | None = None,
+    tuning: _tuning.Tuning | None = None,
 ) -> optax.GradientTransformation:
   r"""AdaMuon: Muon scaled by a NovoGrad-style second moment per matrix.
 
@@ -217,35 +237,46 @@ def scale_by_adamuon(
     https://arxiv.org/abs/1905.11286
 
   Args:
-    momentum: EMA coefficient of the momentum buffer.
-    beta2: EMA coefficient of the squared-norm second moment.
+    momentum: EMA coefficient ``beta`` of the momentum buffer, in ``[0, 1)``.
+    beta2: EMA coefficient of the squared-norm second moment, in ``[0, 1)``.
     eps: relative guard of the division, ``sqrt(v_hat) + eps * max(n,
       sqrt(v_hat))`` (an absolute epsilon would make the step depend on the
-      gradient's scale).
+      gradient's scale); ``>= 0``.
     bias_correction: divide ``v`` by ``1 - beta2^t``.
-    {common_rest}
+    nesterov: use the Nesterov form ``(1 - beta) g + beta buf``.
+    ns_steps: Newton–Schulz steps (an int >= 1).
+    ns_coeffs: ``"quintic"``, ``"polar_express"`` or a table of
+      ``(a, b, c)`` rows; see :class:`optax_muon.NewtonSchulz`.
+    ns_dtype: compute dtype of Newton–Schulz. ``None``: float32 on CPU,
+      bfloat16 inputs with float32 accumulation on GPU/TPU. ``jnp.float32``
+      is float32 on every backend (``Precision.HIGHEST`` matmuls).
+    shape_scale: ``"spectral"``, ``"rms"`` or ``"none"``; see
+      :func:`scale_by_muon`.
+    mu_dtype: floating dtype of the momentum buffer; ``None`` is the param's
+      dtype promoted to at least float32.
+    batch_axes: axes of a leaf that index separate matrices; see
+      :func:`scale_by_muon`.
+    ns_mesh_axis: mesh axis name(s) to split the stacked matrices over; see
+      :func:`scale_by_muon`.
+    mesh: the mesh for ``ns_mesh_axis``; ``None`` uses the ambient mesh.
+    tuning: speed choices (:class:`optax_muon.Tuning`); ``None`` is the
+      backend's defaults.
 
   Returns:
     A ``GradientTransformation`` whose state is :class:`ScaleByAdaMuonState`.
   """
-  ns_steps = _check_ns(ns_steps, ns_coeffs)
-  if not isinstance(bias_correction, bool):
-    raise ValueError(f"bias_correction must be a bool, got {bias_correction!r}")
-
-  def init_leaf(view, dtype):
-    return (jnp.zeros(view.batch_shape, jnp.float32),)
-
-  variant = _skeleton.Variant(
-      name="adamuon", state_cls=ScaleByAdaMuonState, init_leaf=init_leaf,
-      state_axes=lambda view: (view.batch_axes,),
-      direction=functools.partial(
-          _adamuon_direction, beta2=beta2, eps=eps,
-          bias_correction=bias_correction, ns_kwargs=dict(
-              ns_steps=ns_steps, ns_coeffs=ns_coeffs, dtype=ns_dtype)))
+  _checks.in_range(beta2, "beta2", 0.0, 1.0, high_open=True)
+  _checks.in_range(eps, "eps", 0.0)
+  _checks.boolean(bias_correction, "bias_correction")
+  tuning = _tuning.resolve(tuning)
+  direction = AdaMuonDirection(
+      ns.NewtonSchulz(steps=ns_steps, coeffs=ns_coeffs, dtype=ns_dtype,
+                      tuning=tuning),
+      beta2=beta2, eps=eps, bias_correction=bias_correction)
   return _skeleton.scale_by_muon_family(
-      variant, momentum=momentum, nesterov=nesterov, shape_scale=shape_scale,
+      direction, momentum=momentum, nesterov=nesterov, shape_scale=shape_scale,
       mu_dtype=mu_dtype, batch_axes=batch_axes, ns_mesh_axis=ns_mesh_axis,
-      mesh=mesh)
+      mesh=mesh, tuning=tuning)
 
 
 # -------------------------------------------------------------- MomMuon ----
@@ -260,30 +291,6 @@ class ScaleByMomMuonState(NamedTuple):
   precond: optax.Updates
 
 
-def inverse_sqrt(y: jax.Array, ns_steps: int, dtype=None) -> jax.Array:
-  """``~ Y^{-1/2}`` by the coupled Newton–Schulz iteration of SWAN.
-
-  Starting from ``Z = I``: ``T = 3 I - Z Y;  Y = T Y / 2;  Z = T Z / 2``,
-  ``ns_steps`` times. Converges for eigenvalues of ``Y`` in ``(0, 3)``; an
-  eigenvalue near 0 grows ``Z`` by at most ``1.5`` per step.
-
-  References:
-    Ma et al., "SWAN: SGD with Normalization and Whitening Enables
-    Stateless LLM Training", 2024. https://arxiv.org/abs/2412.13148
-  """
-  cdtype = jnp.dtype(dtype) if dtype is not None else ns.default_ns_dtype()
-  k = y.shape[-1]
-  eye = jnp.eye(k, dtype=jnp.float32)
-  y = y.astype(jnp.float32)
-  z = jnp.broadcast_to(eye, y.shape)
-  for _ in range(ns_steps):
-    t = 3 * eye - ns._matmul(z.astype(cdtype), y.astype(cdtype))
-    tc = t.astype(cdtype)
-    y = 0.5 * ns._matmul(y.astype(cdtype), tc)
-    z = 0.5 * ns._matmul(tc, z.astype(cdtype))
-  return z
-
-
 class ScaleByMomMuonGramState(NamedTuple):
   """State of :func:`scale_by_mommuon` with ``ns_average="gram"``."""
   count: jax.Array
@@ -293,7 +300,7 @@ class ScaleByMomMuonGramState(NamedTuple):
 
 
 def _small_gram(g_n):
-  return ns._matmul(g_n, jnp.swapaxes(g_n, -1, -2))
+  return ns._matmul(g_n, jnp.swapaxes(g_n, -1, -2), jax.lax.Precision.HIGHEST)
 
 
 def _damped(y, damping):
@@ -306,49 +313,77 @@ def _damped(y, damping):
   return y + damping * mean_eig * jnp.eye(k, dtype=y.dtype)
 
 
-def _mommuon_direction(m, states, count, transposed, *, ns_steps, ns_every,
-                       ns_beta, ns_dtype, ns_average, ns_damping):
-  del transposed
-  g_n = ns.normalize_frobenius(m, 1e-7)
-  precond = states[0]
-  # Per matrix: a zero momentum has nothing to whiten (inverse_sqrt of a zero
-  # Gram matrix is 1.5^ns_steps I), so it leaves the state as it is; P = 0
-  # means no refresh has set it yet, and the next nonzero momentum does, on
-  # or off schedule (a zero first gradient, e.g. below a zero-initialised
-  # layer, must not fix P at 1.5^ns_steps I).
-  unset = jnp.all(precond == 0, axis=(-2, -1), keepdims=True)
-  zero = jnp.all(g_n == 0, axis=(-2, -1), keepdims=True)
-  scheduled = count == 1
-  if ns_every > 0:
-    scheduled = scheduled | ((count - 1) % ns_every == 0)
+MOMMUON_AVERAGES = ("preconditioner", "gram")
 
-  if ns_average == "gram":
-    gram = states[1]
-    y = _small_gram(g_n)
-    gram_unset = jnp.all(gram == 0, axis=(-2, -1), keepdims=True)
-    gram = jnp.where(zero, gram, jnp.where(
-        gram_unset, y, ns_beta * gram + (1 - ns_beta) * y)).astype(gram.dtype)
-    empty = jnp.all(gram == 0, axis=(-2, -1), keepdims=True)
 
-    def refresh(p):
-      z = inverse_sqrt(_damped(gram, ns_damping), ns_steps, ns_dtype)
-      return jnp.where(empty, p, z).astype(p.dtype)
-  else:
+@dataclasses.dataclass(frozen=True)
+class MomMuonDirection(_skeleton.Direction):
+  """``P G_n`` with ``P`` a running whitening preconditioner."""
 
-    def refresh(p):
-      z = inverse_sqrt(_damped(_small_gram(g_n), ns_damping), ns_steps,
-                       ns_dtype)
-      new = jnp.where(unset, z, jnp.where(
-          scheduled, ns_beta * p + (1 - ns_beta) * z, p))
-      return jnp.where(zero, p, new).astype(p.dtype)
+  ns_steps: int
+  ns_every: int
+  ns_beta: Any
+  ns_average: str
+  ns_damping: Any
+  name = "mommuon"
 
-  if ns_every == 1:
-    precond = refresh(precond)
-  else:
-    precond = jax.lax.cond(scheduled | jnp.any(unset & ~zero), refresh,
-                           lambda p: p, precond)
-  new_states = (precond, gram) if ns_average == "gram" else (precond,)
-  return ns._matmul(precond, g_n), new_states
+  @property
+  def state_cls(self):
+    return (ScaleByMomMuonGramState if self.ns_average == "gram"
+            else ScaleByMomMuonState)
+
+  def init(self, view):
+    k = view.small_side
+    zeros = jnp.zeros(view.batch_shape + (k, k), jnp.float32)
+    return (zeros, zeros) if self.ns_average == "gram" else (zeros,)
+
+  def state_axes(self, view):
+    axes = view.batch_axes + (view.small_side_axis, None)
+    return (axes,) * (2 if self.ns_average == "gram" else 1)
+
+  def __call__(self, m, states, count, transposed):
+    del transposed
+    g_n = ns.normalize_frobenius(m, 1e-7)
+    precond = states[0]
+    # Per matrix: a zero momentum has nothing to whiten (inverse_sqrt of a
+    # zero Gram matrix is 1.5^ns_steps I), so it leaves the state as it is;
+    # P = 0 means no refresh has set it yet, and the next nonzero momentum
+    # does, on or off schedule (a zero first gradient, e.g. below a
+    # zero-initialised layer, must not fix P at 1.5^ns_steps I).
+    unset = jnp.all(precond == 0, axis=(-2, -1), keepdims=True)
+    zero = jnp.all(g_n == 0, axis=(-2, -1), keepdims=True)
+    scheduled = count == 1
+    if self.ns_every > 0:
+      scheduled = scheduled | ((count - 1) % self.ns_every == 0)
+    beta, damping, steps = self.ns_beta, self.ns_damping, self.ns_steps
+
+    if self.ns_average == "gram":
+      gram = states[1]
+      y = _small_gram(g_n)
+      gram_unset = jnp.all(gram == 0, axis=(-2, -1), keepdims=True)
+      gram = jnp.where(zero, gram, jnp.where(
+          gram_unset, y, beta * gram + (1 - beta) * y)).astype(gram.dtype)
+      empty = jnp.all(gram == 0, axis=(-2, -1), keepdims=True)
+
+      def refresh(p):
+        z = ns.inverse_sqrt(_damped(gram, damping), steps)
+        return jnp.where(empty, p, z).astype(p.dtype)
+    else:
+
+      def refresh(p):
+        z = ns.inverse_sqrt(_damped(_small_gram(g_n), damping), steps)
+        new = jnp.where(unset, z, jnp.where(
+            scheduled, beta * p + (1 - beta) * z, p))
+        return jnp.where(zero, p, new).astype(p.dtype)
+
+    if self.ns_every == 1:
+      precond = refresh(precond)
+    else:
+      precond = jax.lax.cond(scheduled | jnp.any(unset & ~zero), refresh,
+                             lambda p: p, precond)
+    new_states = ((precond, gram) if self.ns_average == "gram"
+                  else (precond,))
+    return ns._matmul(precond, g_n, jax.lax.Precision.HIGHEST), new_states
 
 
 def scale_by_mommuon(
@@ -360,12 +395,12 @@ def scale_by_mommuon(
     ns_average: str = "preconditioner",
     ns_damping: float = 0.0,
     nesterov: bool = True,
-    ns_dtype: DTypeLike | None = None,
     shape_scale: str = "spectral",
     mu_dtype: DTypeLike | None = None,
     batch_axes: _matrix.BatchAxes = None,
-    ns_mesh_axis: _skeleton.MeshAxis = None,
+    ns_mesh_axis: _mesh.MeshAxis = None,
     mesh: jax.sharding.Mesh | None = None,
+    tuning: _tuning.Tuning | None = None,
 ) -> optax.GradientTransformation:
   r"""MomMuon: a running average of a Newton–Schulz whitening preconditioner.
 
@@ -401,6 +436,10 @@ def scale_by_mommuon(
   stays 0 and "first refresh" means the first step with a nonzero momentum,
   whether or not it is on the ``ns_every`` schedule.
 
+  The coupled inverse-square-root iteration always runs in float32
+  (``Precision.HIGHEST``): in bfloat16 it diverges (:func:`inverse_sqrt`),
+  so MomMuon has no ``ns_dtype``.
+
   Departures from the seed's code (MuonVariants): the seed crashes on its
   first step (an unbound index); it applies ``P`` to the unnormalised
   momentum, so its step grows with the gradient (here ``G_n`` has unit
@@ -413,60 +452,63 @@ def scale_by_mommuon(
     Stateless LLM Training", 2024. https://arxiv.org/abs/2412.13148
 
   Args:
-    momentum: EMA coefficient of the momentum buffer.
-    ns_steps: steps of the coupled inverse-square-root iteration.
-    ns_every: refresh the preconditioner every this many steps (0: only on
-      the first step).
-    ns_beta: EMA coefficient of the average (0: use the fresh whitening at
-      every refresh).
+    momentum: EMA coefficient ``beta`` of the momentum buffer, in ``[0, 1)``.
+    ns_steps: steps of the coupled inverse-square-root iteration (an int
+      >= 1).
+    ns_every: refresh the preconditioner every this many steps (an int >= 0;
+      0: only on the first step).
+    ns_beta: EMA coefficient of the average, in ``[0, 1)`` (0: use the fresh
+      whitening at every refresh).
     ns_average: ``"preconditioner"`` (the seed: average the inverse square
       roots) or ``"gram"`` (average the Gram matrices, whiten the average).
     ns_damping: whiten ``Y + ns_damping * (tr(Y) / k) I`` instead of ``Y``
-      (Tikhonov damping relative to the mean eigenvalue; 0: none).
-    {common_rest_no_coeffs}
+      (Tikhonov damping relative to the mean eigenvalue; 0: none); ``>= 0``.
+    nesterov: use the Nesterov form ``(1 - beta) g + beta buf``.
+    shape_scale: ``"spectral"``, ``"rms"`` or ``"none"``; see
+      :func:`scale_by_muon`.
+    mu_dtype: floating dtype of the momentum buffer; ``None`` is the param's
+      dtype promoted to at least float32.
+    batch_axes: axes of a leaf that index separate matrices; see
+      :func:`scale_by_muon`.
+    ns_mesh_axis: mesh axis name(s) to split the stacked matrices over; see
+      :func:`scale_by_muon`.
+    mesh: the mesh for ``ns_mesh_axis``; ``None`` uses the ambient mesh.
+    tuning: speed choices (:class:`optax_muon.Tuning`); ``None`` is the
+      backend's defaults.
 
   Returns:
     A ``GradientTransformation`` whose state is :class:`ScaleByMomMuonState`
     (:class:`ScaleByMomMuonGramState` with ``ns_average="gram"``).
   """
-  ns_steps = ns._static_int(ns_steps, "ns_steps")
-  ns_every = ns._static_int(ns_every, "ns_every")
-  if ns_steps < 1 or ns_every < 0:
+  ns_steps = _checks.static_int(ns_steps, "ns_steps", low=1)
+  ns_every = _checks.static_int(ns_every, "ns_every", low=0)
+  _checks.in_range(ns_beta, "ns_beta", 0.0, 1.0, high_open=True)
+  _checks.in_range(ns_damping, "ns_damping", 0.0)
+  if ns_average not in MOMMUON_AVERAGES:
     raise ValueError(
-        f"Need ns_steps >= 1 and ns_every >= 0, got {ns_steps}, {ns_every}.")
-  if ns_average not in ("preconditioner", "gram"):
-    raise ValueError(
-        f"ns_average must be 'preconditioner' or 'gram', got {ns_average!r}.")
-  gram = ns_average == "gram"
-
-  def init_leaf(view, dtype):
-    k = view.small_side
-    zeros = jnp.zeros(view.batch_shape + (k, k), jnp.float32)
-    return (zeros, zeros) if gram else (zeros,)
-
-  variant = _skeleton.Variant(
-      name="mommuon", init_leaf=init_leaf,
-      state_cls=ScaleByMomMuonGramState if gram else ScaleByMomMuonState,
-      state_axes=lambda view: (
-          view.batch_axes + (_skeleton.small_side_axis(view), None),
-      ) * (2 if gram else 1),
-      direction=functools.partial(
-          _mommuon_direction, ns_steps=ns_steps, ns_every=ns_every,
-          ns_beta=ns_beta, ns_dtype=ns_dtype, ns_average=ns_average,
-          ns_damping=ns_damping))
+        f"ns_average must be one of {MOMMUON_AVERAGES}, got {ns_average!r}.")
+  direction = MomMuonDirection(
+      ns_steps=ns_steps, ns_every=ns_every, ns_beta=ns_beta,
+      ns_average=ns_average, ns_damping=ns_damping)
   return _skeleton.scale_by_muon_family(
-      variant, momentum=momentum, nesterov=nesterov, shape_scale=shape_scale,
+      direction, momentum=momentum, nesterov=nesterov, shape_scale=shape_scale,
       mu_dtype=mu_dtype, batch_axes=batch_axes, ns_mesh_axis=ns_mesh_axis,
-      mesh=mesh)
+      mesh=mesh, tuning=tuning)
 
 
 # ----------------------------------------------------------- OGSignMuon ----
 
 
-def _ogsign_direction(m, states, count, transposed, *, ns_kwargs):
-  del count, transposed
-  o = ns.orthogonalize(m, **ns_kwargs)
-  return jnp.abs(o) * jnp.sign(m), states
+@dataclasses.dataclass(frozen=True)
+class OGSignDirection(_skeleton.Direction):
+  """``|orthogonalize(M)| * sign(M)``."""
+
+  orthogonalize: ns.NewtonSchulz
+  name = "ogsignmuon"
+
+  def __call__(self, m, states, count, transposed):
+    del count, transposed
+    return jnp.abs(self.orthogonalize(m)) * jnp.sign(m), states
 
 
 def scale_by_ogsignmuon(
@@ -479,8 +521,9 @@ def scale_by_ogsignmuon(
     shape_scale: str = "spectral",
     mu_dtype: DTypeLike | None = None,
     batch_axes: _matrix.BatchAxes = None,
-    ns_mesh_axis: _skeleton.MeshAxis = None,
+    ns_mesh_axis: _mesh.MeshAxis = None,
     mesh: jax.sharding.Mesh | None = None,
+    tuning: _tuning.Tuning | None = None,
 ) -> optax.GradientTransformation:
   r"""OGSignMuon: Muon's magnitudes with the momentum's signs.
 
@@ -493,20 +536,36 @@ def scale_by_ogsignmuon(
     MuonVariants (the seed of this project), after Jordan et al., 2024.
 
   Args:
-    {common}
+    momentum: EMA coefficient ``beta`` of the momentum buffer, in ``[0, 1)``.
+    nesterov: use the Nesterov form ``(1 - beta) g + beta buf``.
+    ns_steps: Newton–Schulz steps (an int >= 1).
+    ns_coeffs: ``"quintic"``, ``"polar_express"`` or a table of
+      ``(a, b, c)`` rows; see :class:`optax_muon.NewtonSchulz`.
+    ns_dtype: compute dtype of Newton–Schulz. ``None``: float32 on CPU,
+      bfloat16 inputs with float32 accumulation on GPU/TPU. ``jnp.float32``
+      is float32 on every backend (``Precision.HIGHEST`` matmuls).
+    shape_scale: ``"spectral"``, ``"rms"`` or ``"none"``; see
+      :func:`scale_by_muon`.
+    mu_dtype: floating dtype of the momentum buffer; ``None`` is the param's
+      dtype promoted to at least float32.
+    batch_axes: axes of a leaf that index separate matrices; see
+      :func:`scale_by_muon`.
+    ns_mesh_axis: mesh axis name(s) to split the stacked matrices over; see
+      :func:`scale_by_muon`.
+    mesh: the mesh for ``ns_mesh_axis``; ``None`` uses the ambient mesh.
+    tuning: speed choices (:class:`optax_muon.Tuning`); ``None`` is the
+      backend's defaults.
 
   Returns:
     A ``GradientTransformation`` whose state is :class:`ScaleByMuonState`.
   """
-  ns_steps = _check_ns(ns_steps, ns_coeffs)
-  variant = _skeleton.Variant(
-      name="ogsignmuon", state_cls=ScaleByMuonState,
-      direction=functools.partial(_ogsign_direction, ns_kwargs=dict(
-          ns_steps=ns_steps, ns_coeffs=ns_coeffs, dtype=ns_dtype)))
+  tuning = _tuning.resolve(tuning)
+  direction = OGSignDirection(ns.NewtonSchulz(
+      steps=ns_steps, coeffs=ns_coeffs, dtype=ns_dtype, tuning=tuning))
   return _skeleton.scale_by_muon_family(
-      variant, momentum=momentum, nesterov=nesterov, shape_scale=shape_scale,
+      direction, momentum=momentum, nesterov=nesterov, shape_scale=shape_scale,
       mu_dtype=mu_dtype, batch_axes=batch_axes, ns_mesh_axis=ns_mesh_axis,
-      mesh=mesh)
+      mesh=mesh, tuning=tuning)
 
 
 # -------------------------------------------------------------- NorMuon ----
@@ -519,19 +578,36 @@ class ScaleByNorMuonState(NamedTuple):
   nu: optax.Updates  # per output neuron: EMA of the update's mean square
 
 
-def _normuon_direction(m, states, count, transposed, *, beta2, ns_kwargs):
-  del count
-  (nu,) = states
-  o = ns.orthogonalize(m, **ns_kwargs)
-  # Output neurons are the fan_out axis: columns of (fan_in, fan_out), rows
-  # of the transposed canonical matrix.
-  fan_in_axis = -1 if transposed else -2
-  nu = beta2 * nu + (1 - beta2) * jnp.mean(jnp.square(o), axis=fan_in_axis)
-  scaled = o / (jnp.expand_dims(jnp.sqrt(nu), fan_in_axis) + 1e-10)
-  o_norm = ns.frobenius_norm(o)
-  s_norm = ns.frobenius_norm(scaled)
-  ratio = o_norm / jnp.where(s_norm > 0, s_norm, jnp.ones_like(s_norm))
-  return scaled * ratio, (nu,)
+@dataclasses.dataclass(frozen=True)
+class NorMuonDirection(_skeleton.Direction):
+  """``orthogonalize(M)`` normalised per output neuron, norm restored."""
+
+  orthogonalize: ns.NewtonSchulz
+  beta2: Any
+  name = "normuon"
+  state_cls = ScaleByNorMuonState
+  orientation_matters = True
+
+  def init(self, view):
+    return (jnp.zeros(view.batch_shape + (view.fan_out,), jnp.float32),)
+
+  def state_axes(self, view):
+    return (view.batch_axes + (view.fan_out_axis,),)
+
+  def __call__(self, m, states, count, transposed):
+    del count
+    (nu,) = states
+    o = self.orthogonalize(m)
+    # Output neurons are the fan_out axis: columns of (fan_in, fan_out), rows
+    # of the transposed canonical matrix.
+    fan_in_axis = -1 if transposed else -2
+    nu = self.beta2 * nu + (1 - self.beta2) * jnp.mean(
+        jnp.square(o), axis=fan_in_axis)
+    scaled = o / (jnp.expand_dims(jnp.sqrt(nu), fan_in_axis) + 1e-10)
+    o_norm = ns.frobenius_norm(o)
+    s_norm = ns.frobenius_norm(scaled)
+    ratio = o_norm / jnp.where(s_norm > 0, s_norm, jnp.ones_like(s_norm))
+    return scaled * ratio, (nu,)
 
 
 def scale_by_normuon(
@@ -545,8 +621,9 @@ def scale_by_normuon(
     shape_scale: str = "spectral",
     mu_dtype: DTypeLike | None = None,
     batch_axes: _matrix.BatchAxes = None,
-    ns_mesh_axis: _skeleton.MeshAxis = None,
+    ns_mesh_axis: _mesh.MeshAxis = None,
     mesh: jax.sharding.Mesh | None = None,
+    tuning: _tuning.Tuning | None = None,
 ) -> optax.GradientTransformation:
   r"""NorMuon: Muon with per-output-neuron second-moment normalisation.
 
@@ -563,43 +640,37 @@ def scale_by_normuon(
     https://arxiv.org/abs/2510.05491
 
   Args:
-    momentum: EMA coefficient of the momentum buffer.
-    beta2: EMA coefficient of the per-neuron second moment.
-    {common_rest}
+    momentum: EMA coefficient ``beta`` of the momentum buffer, in ``[0, 1)``.
+    beta2: EMA coefficient of the per-neuron second moment, in ``[0, 1)``.
+    nesterov: use the Nesterov form ``(1 - beta) g + beta buf``.
+    ns_steps: Newton–Schulz steps (an int >= 1).
+    ns_coeffs: ``"quintic"``, ``"polar_express"`` or a table of
+      ``(a, b, c)`` rows; see :class:`optax_muon.NewtonSchulz`.
+    ns_dtype: compute dtype of Newton–Schulz. ``None``: float32 on CPU,
+      bfloat16 inputs with float32 accumulation on GPU/TPU. ``jnp.float32``
+      is float32 on every backend (``Precision.HIGHEST`` matmuls).
+    shape_scale: ``"spectral"``, ``"rms"`` or ``"none"``; see
+      :func:`scale_by_muon`.
+    mu_dtype: floating dtype of the momentum buffer; ``None`` is the param's
+      dtype promoted to at least float32.
+    batch_axes: axes of a leaf that index separate matrices; see
+      :func:`scale_by_muon`.
+    ns_mesh_axis: mesh axis name(s) to split the stacked matrices over; see
+      :func:`scale_by_muon`.
+    mesh: the mesh for ``ns_mesh_axis``; ``None`` uses the ambient mesh.
+    tuning: speed choices (:class:`optax_muon.Tuning`); ``None`` is the
+      backend's defaults.
 
   Returns:
     A ``GradientTransformation`` whose state is :class:`ScaleByNorMuonState`.
   """
-  ns_steps = _check_ns(ns_steps, ns_coeffs)
-
-  def init_leaf(view, dtype):
-    return (jnp.zeros(view.batch_shape + (view.fan_out,), jnp.float32),)
-
-  variant = _skeleton.Variant(
-      name="normuon", state_cls=ScaleByNorMuonState, init_leaf=init_leaf,
-      state_axes=lambda view: (
-          view.batch_axes + (_skeleton.fan_out_axis(view),),),
-      orientation_matters=True,
-      direction=functools.partial(_normuon_direction, beta2=beta2, ns_kwargs=dict(
-          ns_steps=ns_steps, ns_coeffs=ns_coeffs, dtype=ns_dtype)))
+  _checks.in_range(beta2, "beta2", 0.0, 1.0, high_open=True)
+  tuning = _tuning.resolve(tuning)
+  direction = NorMuonDirection(
+      ns.NewtonSchulz(steps=ns_steps, coeffs=ns_coeffs, dtype=ns_dtype,
+                      tuning=tuning),
+      beta2=beta2)
   return _skeleton.scale_by_muon_family(
-      variant, momentum=momentum, nesterov=nesterov, shape_scale=shape_scale,
+      direction, momentum=momentum, nesterov=nesterov, shape_scale=shape_scale,
       mu_dtype=mu_dtype, batch_axes=batch_axes, ns_mesh_axis=ns_mesh_axis,
-      mesh=mesh)
-
-
-def _fill_docs():
-  common = _COMMON_ARGS_DOC
-  rest = common.split("\n", 1)[1].lstrip()
-  no_coeffs = "\n".join(
-      line for line in rest.split("\n")
-      if not line.strip().startswith(("ns_steps:", "ns_coeffs:", "(a, b, c)",
-                                      "Newton–Schulz steps"))
-      and "orthogonalize`" not in line)
-  for fn in (scale_by_muon, scale_by_adamuon, scale_by_mommuon,
-             scale_by_ogsignmuon, scale_by_normuon):
-    fn.__doc__ = fn.__doc__.replace("{common}", common).replace(
-        "{common_rest}", rest).replace("{common_rest_no_coeffs}", no_coeffs)
-
-
-_fill_docs()
+      mesh=mesh, tuning=tuning)

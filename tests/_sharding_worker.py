@@ -12,6 +12,7 @@ descriptions of what went wrong, which the tests assert on.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sys
@@ -211,6 +212,13 @@ def _mismatch(leaf, want, exact):
           > np.prod(want.shard_shape(leaf.shape)))
 
 
+try:
+  importlib.import_module("jax.experimental.shard_alike")
+  _HAS_SHARD_ALIKE = True
+except ImportError:
+  _HAS_SHARD_ALIKE = False
+
+
 def _sharding_mismatches(state, expected, mesh, when, exact):
   """Leaves of the Muon-family ``state`` not sharded as ``expected``."""
   bad = []
@@ -260,8 +268,11 @@ def cmd_steps(alias_name):
                                "after init", exact=True)
     bad += _param_shaped_mismatches(init_state, specs, mesh, "after init",
                                     exact=True)
-    bad += _sharding_mismatches(_muon_state(state), expected, mesh,
-                                "after the steps", exact)
+    if exact or _HAS_SHARD_ALIKE:
+      # Under Auto axes without jax.experimental.shard_alike (JAX 0.11) the
+      # partitioner lays out the new state as it likes.
+      bad += _sharding_mismatches(_muon_state(state), expected, mesh,
+                                  "after the steps", exact)
     bad += _param_shaped_mismatches(state, specs, mesh, "after the steps",
                                     exact)
     bad += _param_shaped_mismatches(traj[-1], specs, mesh, "params", exact)
