@@ -140,16 +140,24 @@ def test_label_tree_mismatch_names_leaves_and_fix(labels, only):
 ])
 def test_batch_axes_that_do_not_fit_name_leaf(spec, msg):
   params = {"layer": {"kernel": jnp.zeros((4, 6))}}
-  for make in (om.muon, om.scale_by_muon, om.scale_by_normuon):
+  # The aliases' default labels send a leaf that batch_axes leaves with
+  # fewer than 2 matrix axes to AdamW (like a bias); a transform given it
+  # directly cannot.
+  makers = (om.scale_by_muon, om.scale_by_normuon) if spec == 0 else (
+      om.muon, om.scale_by_muon, om.scale_by_normuon)
+  for make in makers:
     with pytest.raises(ValueError, match=msg):
       make(batch_axes=spec).init(params)
+  if spec == 0:
+    assert om.muon_labels(params, batch_axes=0) == {"layer": {"kernel": "adamw"}}
 
 
 def test_shared_batch_axes_error_points_to_per_leaf_function():
   params = {"blocks": jnp.zeros((2, 4, 6)), "proj": jnp.zeros((4, 6))}
   with pytest.raises(ValueError, match=r"'proj'.*batch_axes=lambda path, "
                      r"leaf"):
-    om.muon(batch_axes=0).init(params)
+    om.muon(batch_axes=0, param_labels={"blocks": "muon", "proj": "muon"}
+            ).init(params)
   # The suggested fix works.
   om.muon(batch_axes=lambda p, x: 0 if x.ndim == 3 else None).init(params)
 
