@@ -7,20 +7,30 @@ prints a results table and writes ``OUT/results.json`` and PNG plots::
   python examples/compare.py --task image --optimizers adamw,muon --steps 500 \\
       --out results/image --lr muon=0.03 --opt muon:ns_coeffs=polar_express
   python examples/compare.py --task implicit --lr-sweep --out results/sweep
+  # on a GPU:
+  python examples/compare.py --task lm --preset gpt2-small --bf16 \\
+      --data-dir fineweb10B --steps 2000 --optimizers adamw,muon
 
 ``results.json``::
 
   {"task": str, "steps": int, "runs": [{"optimizer": str,
    "learning_rate": float, "final_train_loss": float,
    "eval_metric": {"name": str, "value": float}, "seconds": float,
-   "history": [[step, loss], ...], ...}], ...}
+   "history": [[step, loss], ...], "tokens_per_second": float,
+   "steps_to_target": int, ...}], "target_loss": {...}, "options": {...},
+   ...}
 
 ``final_train_loss`` is the mean loss of the last 10 steps; ``seconds`` the
 run's wall time (model build, compilation, training and evaluations),
 ``cpu_seconds`` its CPU time (all threads; a fairer figure when other
 processes share the machine), ``step_ms`` the mean wall time of a training
-step after the first (which compiles); non-finite numbers (a diverged run) are
-written as ``null``.
+step after the first (which compiles), batches included and evaluations
+excluded; ``tokens_per_second`` (``images_per_second`` for ``image``) the
+throughput over the same steps; ``steps_to_target`` the first step whose
+10-step trailing mean loss is at most ``target_loss["value"]``;
+non-finite numbers (a diverged run) and targets never reached are written as
+``null``. The top-level ``options`` are the model and data settings (preset,
+sizes, batch size, compute dtype).
 """
 
 from __future__ import annotations
@@ -91,7 +101,28 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--num-evals", type=int, default=10,
                       help="evaluations of the metric per run")
   parser.add_argument("--tiny", action="store_true",
-                      help="tiny data and model (for tests)")
+                      help="tiny data and model (for tests; with --preset, "
+                      "a shrunk version of the preset)")
+  parser.add_argument(
+      "--preset", default=None,
+      help="model preset; lm: default (the 2-core CPU demo), gpt2-small "
+      "(12x768, context 1024), gpt2-medium (24x1024, context 1024); image: "
+      "cnn (default), resnet (CIFAR-10, needs --data-dir)")
+  parser.add_argument("--seq-len", type=int, default=None,
+                      help="lm: context length (default: the preset's)")
+  parser.add_argument("--batch-size", type=int, default=None,
+                      help="lm, image: batch size (default: the preset's)")
+  parser.add_argument(
+      "--dtype", default="float32", choices=("float32", "bfloat16"),
+      help="lm, image: compute dtype; parameters and optimizer state stay "
+      "float32 (default float32)")
+  parser.add_argument("--bf16", dest="dtype", action="store_const",
+                      const="bfloat16", help="same as --dtype bfloat16")
+  parser.add_argument(
+      "--target-loss", type=float, default=None,
+      help="report the first step whose 10-step mean training loss is at "
+      "most this (default: AdamW's final train loss when adamw runs, else "
+      "the highest final train loss of the runs)")
   parser.add_argument(
       "--progress", action=argparse.BooleanOptionalAction, default=None,
       help="progress bar (default: on a terminal)")
@@ -133,6 +164,24 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, dict]:
       value = getattr(args, flag)
       if value is not None and not 0 <= value <= 1:
         raise ValueError(f"--{flag} must be a fraction in [0, 1].")
+    module = tasks.get(args.task)
+    presets = getattr(module, "PRESETS", ())
+    if args.preset is not None and args.preset not in presets:
+      raise ValueError(
+          f"--preset {args.preset!r}: the {args.task} task has "
+          + (f"presets {', '.join(presets)}." if presets else "no presets."))
+    for flag, allowed in (("seq_len", ("lm",)),
+                          ("batch_size", ("lm", "image"))):
+      value = getattr(args, flag)
+      if value is not None and args.task not in allowed:
+        raise ValueError(f"--{flag.replace('_', '-')} is for --task "
+                         f"{' or '.join(allowed)}.")
+      if value is not None and value < 1:
+        raise ValueError(f"--{flag.replace('_', '-')} must be at least 1.")
+    if args.dtype != "float32" and args.task not in ("lm", "image"):
+      raise ValueError("--dtype bfloat16/--bf16 is for --task lm or image.")
+    if args.target_loss is not None and not math.isfinite(args.target_loss):
+      raise ValueError("--target-loss must be a finite number.")
     if args.lr_grid is not None:
       args.lr_grid = [float(v) for v in args.lr_grid.split(",") if v.strip()]
       if not args.lr_grid or min(args.lr_grid) <= 0:
@@ -142,16 +191,20 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, dict]:
   return args, plan
 
 
-def format_table(task: training.Task,
-                 results: list[training.RunResult]) -> str:
-  """The results as a Markdown table (best metric in bold)."""
+def format_table(task: training.Task, results: list[training.RunResult],
+                 target: float | None = None) -> str:
+  """The results as a Markdown table (best metric in bold), with the
+  throughput when the task counts its items and the steps to ``target``."""
   values = [r.eval_metric for r in results]
   finite = [v for v in values if math.isfinite(v)]
   best = (max if task.higher_is_better else min)(finite) if finite else None
+  rate = f" {task.item_name}/s |" if task.items_per_step else ""
+  reach = f" steps to {target:.4g} |" if target is not None else ""
   lines = [
       f"| optimizer | learning rate | final train loss | {task.metric} | "
-      "seconds | CPU seconds | ms/step |",
-      "|---|---:|---:|---:|---:|---:|---:|",
+      f"seconds | CPU seconds | ms/step |{rate}{reach}",
+      "|---|---:|---:|---:|---:|---:|---:|" + "---:|" * (
+          bool(rate) + bool(reach)),
   ]
   for r, v in zip(results, values):
     metric = f"{v:.4f}" if math.isfinite(v) else "diverged"
@@ -159,10 +212,41 @@ def format_table(task: training.Task,
       metric = f"**{metric}**"
     loss = r.final_train_loss
     loss = f"{loss:.4g}" if math.isfinite(loss) else "diverged"
-    lines.append(
-        f"| {r.optimizer} | {r.learning_rate:.3g} | {loss} | {metric} | "
-        f"{r.seconds:.1f} | {r.cpu_seconds:.1f} | {r.step_ms:.1f} |")
+    line = (f"| {r.optimizer} | {r.learning_rate:.3g} | {loss} | {metric} | "
+            f"{r.seconds:.1f} | {r.cpu_seconds:.1f} | {r.step_ms:.1f} |")
+    if rate:
+      ips = r.items_per_second
+      line += f" {ips:,.0f} |" if math.isfinite(ips) else " - |"
+    if reach:
+      line += (f" {r.steps_to_target} |" if r.steps_to_target is not None
+               else " not reached |")
+    lines.append(line)
   return "\n".join(lines)
+
+
+def pick_target(results: list[training.RunResult], explicit: float | None,
+                lr_sweep: bool = False) -> dict:
+  """The training-loss target of ``steps_to_target``: ``explicit`` if given;
+  else AdamW's final train loss when exactly one adamw run is in
+  ``results``; else the highest finite final train loss (the loss every run
+  reached); none for a learning-rate sweep without ``explicit``.
+
+  Returns:
+    ``{"value": float or None, "source": str}``.
+  """
+  if explicit is not None:
+    return {"value": float(explicit), "source": "--target-loss"}
+  if lr_sweep:
+    return {"value": None, "source": "none (learning-rate sweep)"}
+  adamw = [r for r in results if r.optimizer == "adamw"]
+  if len(adamw) == 1 and math.isfinite(adamw[0].final_train_loss):
+    return {"value": adamw[0].final_train_loss,
+            "source": "adamw final_train_loss"}
+  finite = [r.final_train_loss for r in results
+            if math.isfinite(r.final_train_loss)]
+  if finite:
+    return {"value": max(finite), "source": "highest final_train_loss"}
+  return {"value": None, "source": "none (every run diverged)"}
 
 
 def _smooth(values, weight: float):
@@ -267,8 +351,11 @@ def to_json_text(record: dict) -> str:
 def _machine() -> str:
   import jax
 
-  return (f"{platform.machine()} CPU x{os.cpu_count()}, "
-          f"JAX {jax.__version__} {jax.default_backend()}")
+  backend = jax.default_backend()
+  accel = "" if backend == "cpu" else (
+      f", {jax.device_count()} x {jax.devices()[0].device_kind}")
+  return (f"{platform.machine()} CPU x{os.cpu_count()}{accel}, "
+          f"JAX {jax.__version__} {backend}")
 
 
 def _load_average() -> float | None:
@@ -283,9 +370,20 @@ def main(argv=None) -> dict:
   """Runs the comparison; returns what it writes to ``results.json``."""
   args, plan = parse_args(argv)
   module = tasks.get(args.task)
+  kwargs = {}
+  if args.preset is not None:
+    kwargs["preset"] = args.preset
+  if args.seq_len is not None:
+    kwargs["seq_len"] = args.seq_len
+  if args.batch_size is not None:
+    kwargs["batch_size"] = args.batch_size
+  if args.dtype != "float32":
+    kwargs["compute_dtype"] = args.dtype
   try:
-    task = module.make_task(data_dir=args.data_dir, tiny=args.tiny)
-  except (DataError, FileNotFoundError, NotADirectoryError) as e:
+    task = module.make_task(data_dir=args.data_dir, tiny=args.tiny, **kwargs)
+  except (DataError, ValueError, FileNotFoundError, NotADirectoryError) as e:
+    # DataError: a --data-dir the task cannot read; ValueError: e.g. a preset
+    # that needs a --data-dir.
     raise SystemExit(f"compare.py: error: {e}") from None
   steps = args.steps or task.default_steps
   task = dataclasses.replace(
@@ -318,11 +416,17 @@ def main(argv=None) -> dict:
         task, tx, steps=steps, seed=args.seed, name=name, learning_rate=lr,
         options=options, num_evals=args.num_evals, progress=args.progress)
     results.append(result)
+    rate = (f", {result.items_per_second:,.0f} {task.item_name}/s"
+            if math.isfinite(result.items_per_second) else "")
     print(f"  {name} lr={lr:.3g}: final train loss "
           f"{result.final_train_loss:.4f}, {task.metric} "
-          f"{result.eval_metric:.4f} ({result.seconds:.1f} s)", flush=True)
+          f"{result.eval_metric:.4f} ({result.seconds:.1f} s{rate})",
+          flush=True)
 
-  table = format_table(task, results)
+  target = pick_target(results, args.target_loss, args.lr_sweep)
+  for r in results:
+    r.steps_to_target = training.steps_to_target(r.history, target["value"])
+  table = format_table(task, results, target["value"])
   print()
   print(table)
   print(f"\ntotal {time.perf_counter() - wall_start:.1f} s wall, "
@@ -335,6 +439,13 @@ def main(argv=None) -> dict:
       "warmup": task.warmup,
       "cooldown": task.cooldown,
       "summary": task.summary,
+      "options": {k: training._jsonable(v) for k, v in task.options.items()},
+      "target_loss": {
+          "value": training._finite_or_none(target["value"])
+          if target["value"] is not None else None,
+          "source": target["source"],
+          "smoothing": f"mean of the last {training.FINAL_LOSS_WINDOW} "
+                       "steps' losses"},
       "machine": _machine(),
       "load_average": [load_before, _load_average()],
       "command": "python examples/compare.py " + shlex.join(

@@ -46,6 +46,12 @@ class Task:
     default_steps: the steps ``compare.py`` runs when ``--steps`` is not given.
     warmup: fraction of the steps with a linear learning-rate warmup.
     cooldown: fraction of the steps, at the end, with a linear decay to zero.
+    items_per_step: what one step trains on, counted in ``item_name`` (e.g.
+      batch size x context for a language model), for the throughput; 0: not
+      reported.
+    item_name: ``"tokens"``, ``"images"``, ...
+    options: the model and data settings the task was built with (preset,
+      batch size, compute dtype, ...), recorded in ``results.json``.
   """
 
   name: str
@@ -60,6 +66,9 @@ class Task:
   default_steps: int
   warmup: float = 0.0
   cooldown: float = 0.0
+  items_per_step: int = 0
+  item_name: str = "examples"
+  options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -75,6 +84,9 @@ class RunResult:
   seconds: float
   step_ms: float
   cpu_seconds: float = math.nan
+  items_per_second: float = math.nan
+  item_name: str = "examples"
+  steps_to_target: int | None = None
 
   @property
   def final_train_loss(self) -> float:
@@ -96,10 +108,39 @@ class RunResult:
         "history": [[s, _finite_or_none(v)] for s, v in self.history],
         # Beyond the required schema:
         "eval_history": [[s, _finite_or_none(v)] for s, v in self.eval_history],
-        "step_ms": round(self.step_ms, 3),
+        "step_ms": _finite_or_none(round(self.step_ms, 3)),
         "cpu_seconds": round(self.cpu_seconds, 3),
         "options": {k: _jsonable(v) for k, v in self.options.items()},
+        f"{self.item_name}_per_second": _finite_or_none(
+            self.items_per_second),
+        "steps_to_target": self.steps_to_target,
     }
+
+
+def trailing_mean(losses: list[float], window: int = FINAL_LOSS_WINDOW
+                  ) -> list[float]:
+  """The mean of each step's loss and the ``window - 1`` before it (fewer at
+  the start): the smoothed loss of :func:`steps_to_target`. Its last value is
+  ``final_train_loss``."""
+  return [float(np.mean(losses[max(0, i + 1 - window):i + 1]))
+          for i in range(len(losses))]
+
+
+def steps_to_target(history: list[tuple[int, float]], target: float
+                    ) -> int | None:
+  """The first step whose :func:`trailing_mean` loss is at most ``target``;
+  ``None`` if none is (or the target is not finite).
+
+  A run's own ``final_train_loss`` is such a target for it, reached at the
+  last step at the latest.
+  """
+  if target is None or not math.isfinite(target):
+    return None
+  smoothed = trailing_mean([v for _, v in history])
+  for (step, _), value in zip(history, smoothed):
+    if value <= target:  # False for NaN
+      return int(step)
+  return None
 
 
 def _finite_or_none(x: float) -> float | None:
@@ -207,7 +248,10 @@ def train(task: Task, tx: optax.GradientTransformation, *, steps: int,
   history: list[tuple[int, float]] = []
   eval_history: list[tuple[int, float]] = []
   pending: list[tuple[int, jax.Array]] = []
-  step_seconds = 0.0
+  # Wall time of steps 2..steps (step 1 compiles), batches included,
+  # evaluations excluded; the clock runs from a finished step to a finished
+  # step.
+  step_seconds, clock = 0.0, None
   bar = tqdm(total=steps, desc=f"{task.name}/{name}", leave=True,
              disable=None if progress is None else not progress,
              dynamic_ncols=True, mininterval=0.5)
@@ -218,27 +262,32 @@ def train(task: Task, tx: optax.GradientTransformation, *, steps: int,
 
   for step in range(1, steps + 1):
     batch = next(batches)
-    t0 = time.perf_counter()
     loss = train_step(model, optimizer, batch)
     pending.append((step, loss))
-    if step == 1 or step % 10 == 0 or step in evals:
+    if step == 1 or step % 10 == 0 or step in evals or step == steps:
       flush()  # waits for the step to finish
-      if step > 1:
-        step_seconds += time.perf_counter() - t0
+      now = time.perf_counter()
+      if clock is not None:
+        step_seconds += now - clock
+      clock = now
       bar.set_postfix(loss=f"{history[-1][1]:.4f}", refresh=False)
-    elif step > 1:
-      step_seconds += time.perf_counter() - t0
     bar.update(1)
     if step in evals:
       eval_history.append((step, float(task.evaluate(model))))
       bar.set_postfix(loss=f"{history[-1][1]:.4f}",
                       **{task.metric: f"{eval_history[-1][1]:.4f}"})
+      clock = time.perf_counter()
   flush()
   bar.close()
+  timed = steps - 1
   return RunResult(
       optimizer=name, learning_rate=float(learning_rate),
       options=dict(options or {}), history=history,
       eval_history=eval_history, metric=task.metric,
       seconds=time.perf_counter() - start,
-      step_ms=1000 * step_seconds / max(steps - 1, 1),
-      cpu_seconds=time.process_time() - cpu_start)
+      step_ms=1000 * step_seconds / timed if timed else math.nan,
+      cpu_seconds=time.process_time() - cpu_start,
+      items_per_second=(task.items_per_step * timed / step_seconds
+                        if timed and task.items_per_step and step_seconds > 0
+                        else math.nan),
+      item_name=task.item_name)

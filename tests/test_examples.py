@@ -1,8 +1,10 @@
 """Tests of the examples: data readers, optimizer registry, compare.py."""
 
+import dataclasses
 import json
 import math
 import pickle
+import re
 
 import chex
 import jax
@@ -13,7 +15,7 @@ import pytest
 from flax import nnx
 
 import optax_muon as om
-from examples import compare
+from examples import compare, training
 from examples import optimizers as registry
 from examples.data import DataError, cifar10, fineweb, pydoc_text
 from examples.tasks import image, lm
@@ -335,3 +337,232 @@ def test_sharded_train_keeps_fsdp_layout_on_8_simulated_devices():
   assert len(losses) >= 2 and losses[-1] < losses[0] - 0.5, out
   assert re.search(r"after training: .*P\(None, 'data'\) its momentum "
                    r"P\(None, 'data'\)", out), out
+
+
+# ------------------------------------------- presets, bf16, throughput (#13)
+
+
+def _gpt_param_count(d, n_layers, vocab, seq_len, mlp_ratio=4):
+  """GPT-2's count for this model (untied head, biases only in the MLP)."""
+  h = mlp_ratio * d
+  block = 4 * d * d + (d * h + h) + (h * d + d) + 2 * (2 * d)
+  return vocab * d + seq_len * d + n_layers * block + 2 * d + d * vocab
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset, layers, width, heads, millions", [
+    ("gpt2-small", 12, 768, 12, 163), ("gpt2-medium", 24, 1024, 16, 406)])
+def test_gpt2_presets_have_gpt2_sizes_and_library_labels(
+    preset, layers, width, heads, millions):
+  config = dataclasses.replace(lm.PRESETS[preset].config, vocab_size=50304)
+  assert (config.n_layers, config.d_model, config.n_heads, config.seq_len) == (
+      layers, width, heads, 1024)
+  params = nnx.state(nnx.eval_shape(lambda: lm.GPT(config, nnx.Rngs(0))),
+                     nnx.Param)
+  leaves = jax.tree_util.tree_leaves_with_path(params)
+  count = sum(int(np.prod(leaf.shape)) for _, leaf in leaves)
+  assert count == _gpt_param_count(width, layers, 50304, 1024)
+  assert round(count / 1e6) == millions
+  labels = dict(
+      (jax.tree_util.keystr(p), label) for p, label in
+      jax.tree_util.tree_leaves_with_path(om.muon_labels(params)))
+  for path, leaf in leaves:
+    key = jax.tree_util.keystr(path)
+    if any(n in key for n in ("'embed'", "'pos_embedding'", "'head'")):
+      want = "adamw"  # embeddings and the output head, by name
+    else:
+      want = "muon" if leaf.ndim == 2 else "adamw"
+    assert labels[key] == want, key
+  assert sum(v == "muon" for v in labels.values()) == 6 * layers
+
+
+@pytest.mark.slow
+def test_bf16_gpt_computes_in_bf16_and_keeps_float32_state():
+  config = dataclasses.replace(lm.TINY, compute_dtype="bfloat16")
+  model = lm.GPT(config, nnx.Rngs(0))
+  reference = lm.GPT(lm.TINY, nnx.Rngs(0))  # same weights, float32 compute
+  tokens = jnp.asarray(
+      np.random.default_rng(0).integers(0, 256, size=(2, 33)), jnp.int32)
+  # Every matrix product of the forward pass takes bfloat16 operands.
+  hlo = jax.jit(lambda t: model(t)).lower(tokens[:, :-1]).as_text()
+  dots = [line for line in hlo.splitlines() if "dot_general" in line]
+  assert len(dots) >= 6 * config.n_layers + 1
+  for line in dots:
+    operands = re.search(r":\s*\((.*)\)\s*->", line).group(1)
+    assert operands.count("xbf16>") == 2, line
+  forward = nnx.jit(lambda m, t: m(t))
+  logits = forward(model, tokens[:, :-1])
+  assert logits.dtype == jnp.float32
+  # Untrained logits are small (std ~0.02 weights): compare with an absolute
+  # tolerance of a few bfloat16 ulps of the activations.
+  np.testing.assert_allclose(logits, forward(reference, tokens[:, :-1]),
+                             atol=2e-2)
+  # Gradients (abstractly evaluated) and optimizer state stay float32.
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  grads = jax.eval_shape(jax.grad(
+      lambda p: lm.loss_fn(nnx.merge(graphdef, p, rest), tokens)), params)
+  optimizer = nnx.Optimizer(model, om.muon(0.02), wrt=nnx.Param)
+  floats = [leaf.dtype for leaf in jax.tree.leaves(params)
+            + jax.tree.leaves(grads) + jax.tree.leaves(nnx.state(optimizer))
+            if jnp.issubdtype(leaf.dtype, jnp.floating)]
+  assert len(floats) > 3 * len(jax.tree.leaves(params))
+  assert set(floats) == {jnp.dtype(jnp.float32)}
+
+
+def test_steps_to_target_uses_the_trailing_mean():
+  history = [(s, v) for s, v in enumerate(
+      [5.0, 4.0, 3.0, 2.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0], 1)]
+  means = training.trailing_mean([v for _, v in history])
+  np.testing.assert_allclose(means[:3], [5.0, 4.5, 4.0])
+  np.testing.assert_allclose(means[-1], np.mean([3.0, 2.0] + [1.0] * 8))
+  assert training.steps_to_target(history, 4.0) == 3
+  assert training.steps_to_target(history, means[-1]) == 12
+  assert training.steps_to_target(history, 0.5) is None
+  assert training.steps_to_target(history, math.nan) is None
+  assert training.steps_to_target([(1, math.nan)], 10.0) is None
+
+
+def _run(tmp_path, *argv):
+  out = tmp_path / "out"
+  record = compare.main([*argv, "--out", str(out), "--num-evals", "1",
+                         "--no-progress"])
+  assert json.loads((out / "results.json").read_text()) == json.loads(
+      json.dumps(record))
+  return record
+
+
+def _check_steps_to_target(run, target):
+  """``steps_to_target`` is the first step whose trailing mean is at most
+  ``target`` (both as written to JSON, 7 significant digits)."""
+  steps = run["steps_to_target"]
+  smoothed = training.trailing_mean([v for _, v in run["history"]])
+  reached = [v <= target * (1 + 1e-6) for v in smoothed]
+  if steps is None:
+    assert not any(v <= target * (1 - 1e-6) for v in smoothed)
+  else:
+    assert reached[steps - 1]
+    assert not any(v <= target * (1 - 1e-6) for v in smoothed[:steps - 1])
+
+
+@pytest.mark.slow
+def test_compare_lm_gpt2_small_bf16_reports_tokens_and_target(tmp_path,
+                                                               capsys):
+  record = _run(tmp_path, "--task", "lm", "--preset", "gpt2-small", "--tiny",
+                "--bf16", "--seq-len", "16", "--batch-size", "4", "--steps",
+                "6", "--optimizers", "adamw")
+  assert record["options"] == {
+      "preset": "gpt2-small", "tiny": True, "n_layers": 2, "d_model": 48,
+      "n_heads": 12, "seq_len": 16, "vocab_size": 256, "batch_size": 4,
+      "dtype": "bfloat16", "param_dtype": "float32"}
+  (run,) = record["runs"]
+  assert all(math.isfinite(v) for _, v in run["history"])
+  # The default target is AdamW's own final train loss: reached by step 6.
+  assert record["target_loss"] == {
+      "value": run["final_train_loss"], "source": "adamw final_train_loss",
+      "smoothing": "mean of the last 10 steps' losses"}
+  assert 1 <= run["steps_to_target"] <= 6
+  _check_steps_to_target(run, record["target_loss"]["value"])
+  # 4 x 16 tokens a step over steps 2..6, at the step time recorded.
+  assert run["tokens_per_second"] > 0
+  np.testing.assert_allclose(run["tokens_per_second"],
+                             64 * 1000 / run["step_ms"], rtol=1e-3)
+  table = capsys.readouterr().out
+  assert "| tokens/s | steps to " in table
+
+
+@pytest.mark.slow
+def test_compare_lm_gpt2_medium_with_explicit_target(tmp_path):
+  record = _run(tmp_path, "--task", "lm", "--preset", "gpt2-medium",
+                "--tiny", "--batch-size", "2", "--steps", "3",
+                "--optimizers", "muon", "--target-loss", "100")
+  assert record["options"]["n_heads"] == 16
+  assert record["options"]["dtype"] == "float32"
+  assert record["target_loss"]["value"] == 100.0
+  assert record["runs"][0]["steps_to_target"] == 1
+  assert math.isfinite(record["runs"][0]["final_train_loss"])
+  assert record["runs"][0]["tokens_per_second"] > 0
+  # A target below every loss is never reached.
+  assert training.steps_to_target(
+      [tuple(x) for x in record["runs"][0]["history"]], 0.0) is None
+
+
+@pytest.mark.slow
+def test_resnet_batch_stats_stay_out_of_the_optimizer(tmp_path):
+  _write_cifar(tmp_path / "c", sizes=(8, 8, 8, 8, 8), test_size=8)
+  task = image.make_task(data_dir=str(tmp_path / "c"), tiny=True,
+                         preset="resnet", batch_size=8)
+  model = task.make_model(nnx.Rngs(0))
+  assert isinstance(model, image.ResNet)
+  stats = nnx.state(model, nnx.BatchStat)
+  assert len(jax.tree.leaves(stats)) == 2 * 8  # mean and var of 8 norms
+  optimizer = nnx.Optimizer(model, om.muon(0.02), wrt=nnx.Param)
+  opt_paths = [jax.tree_util.keystr(p) for p, _ in
+               jax.tree_util.tree_leaves_with_path(nnx.state(optimizer))]
+  assert not [p for p in opt_paths if "'mean'" in p or "'var'" in p]
+  params = nnx.state(model, nnx.Param)
+  labels = jax.tree.leaves(om.muon_labels(params))
+  assert labels.count("muon") == 8  # the eight conv kernels
+  x, _ = next(task.batches(np.random.default_rng(0)))
+  chex.assert_shape(x, (8, 32, 32, 3))
+  # A forward pass in training mode updates the running statistics (the
+  # training steps themselves run in the compare.py test below).
+  before = jax.tree.map(np.asarray, stats)
+  logits = nnx.jit(lambda m, x: m(x))(model, x)
+  assert logits.dtype == jnp.float32 and np.isfinite(logits).all()
+  after = nnx.state(model, nnx.BatchStat)
+  moved = jax.tree.map(lambda a, b: not np.allclose(a, b), before, after)
+  assert all(jax.tree.leaves(moved))
+  assert 0 <= task.evaluate(model) <= 1  # with the running statistics
+  assert model.stem.norm.use_running_average is False  # back in training
+
+
+def test_random_crop_is_a_shifted_reflection():
+  x = np.arange(2 * 5 * 6 * 1, dtype=np.float32).reshape(2, 5, 6, 1)
+  rng = np.random.default_rng(0)
+  out = image.random_crop(x, 2, rng)
+  chex.assert_shape(out, x.shape)
+  padded = np.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0)), mode="reflect")
+  for img, src in zip(out, padded):
+    hits = [(dy, dx) for dy in range(5) for dx in range(5)
+            if np.array_equal(src[dy:dy + 5, dx:dx + 6], img)]
+    assert hits
+
+
+@pytest.mark.slow
+def test_compare_image_resnet_on_cifar_format_files(tmp_path):
+  _write_cifar(tmp_path / "c", sizes=(8, 8, 8, 8, 8), test_size=8)
+  record = _run(tmp_path, "--task", "image", "--preset", "resnet", "--tiny",
+                "--data-dir", str(tmp_path / "c"), "--batch-size", "8",
+                "--steps", "3", "--optimizers", "muon", "--bf16")
+  assert record["options"]["preset"] == "resnet"
+  assert record["options"]["dtype"] == "bfloat16"
+  assert "ResNet" in record["summary"]
+  for run in record["runs"]:
+    assert run["images_per_second"] > 0
+    assert all(math.isfinite(v) for _, v in run["history"])
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--task", "image", "--preset", "resnet"], "needs --data-dir"),
+])
+def test_preset_without_its_data_is_a_one_line_error(tmp_path, argv,
+                                                     expected):
+  with pytest.raises(SystemExit) as info:
+    compare.main([*argv, "--out", str(tmp_path / "o"), "--no-progress"])
+  message = str(info.value.code)
+  assert message.startswith("compare.py: error:") and "\n" not in message
+  assert "cifar-10-batches-py" in message
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--task", "lm", "--preset", "resnet"], "presets default, gpt2-small"),
+    (["--task", "image", "--seq-len", "8"], "--seq-len is for --task lm"),
+    (["--task", "implicit", "--bf16"], "is for --task lm or image"),
+    (["--task", "implicit", "--preset", "x"], "has no presets"),
+    (["--task", "lm", "--batch-size", "0"], "at least 1"),
+])
+def test_bad_preset_arguments_are_reported(capsys, argv, expected):
+  with pytest.raises(SystemExit) as info:
+    compare.main(argv)
+  assert info.value.code == 2
+  assert expected in capsys.readouterr().err

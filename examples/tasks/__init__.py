@@ -1,7 +1,9 @@
 """The three tasks of the comparison: ``image``, ``implicit``, ``lm``.
 
-Each module provides ``make_task(data_dir=None, tiny=False) -> Task`` (see
-:class:`examples.training.Task`), ``LEARNING_RATES`` and ``DEFAULT_STEPS``.
+Each module provides ``make_task(data_dir=None, tiny=False, ...) -> Task``
+(see :class:`examples.training.Task`), ``LEARNING_RATES`` and
+``DEFAULT_STEPS``; ``lm`` and ``image`` also take ``preset``, ``batch_size``
+and ``compute_dtype`` (``lm`` also ``seq_len``) and list their ``PRESETS``.
 """
 
 TASKS = ("image", "implicit", "lm")
