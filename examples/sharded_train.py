@@ -124,6 +124,13 @@ def pin(module, specs):
   nnx.update(module, jax.lax.with_sharding_constraint(nnx.state(module), specs))
 
 
+def spec_of(v) -> str:
+  """The partition spec of an ``nnx.Variable``'s array, as ``P(...)`` on
+  every JAX version."""
+  array = v[...] if isinstance(v, nnx.Variable) else v
+  return "P(" + ", ".join(map(repr, array.sharding.spec)) + ")"
+
+
 def text_bytes() -> np.ndarray:
   from pydoc_data import topics
   text = "\n\n".join(topics.topics[k] for k in sorted(topics.topics))
@@ -190,7 +197,7 @@ def main(args):
     print(f"{n} devices ({jax.devices()[0].device_kind}), "
           f"{jax.process_count()} process(es); {args.optimizer}, "
           f"ns_mesh_axis={None if args.no_split else 'data'}")
-    print(f"blocks[0].mlp.fc.kernel {kernel.shape}: {kernel.get_value().sharding.spec}")
+    print(f"blocks[0].mlp.fc.kernel {kernel.shape}: {spec_of(kernel)}")
     start = time.perf_counter()
     for step in range(1, args.steps + 1):
       starts = rng.integers(len(tokens) - args.seq_len - 1, size=local)
@@ -203,8 +210,8 @@ def main(args):
               f"({time.perf_counter() - start:.1f} s)")
     mu = optimizer.opt_state.inner_states["muon"].inner_state[0].mu
     print("after training: blocks[0].mlp.fc.kernel",
-          model.blocks[0].mlp.fc.kernel.get_value().sharding.spec, "its momentum",
-          mu["blocks"][0]["mlp"]["fc"]["kernel"].get_value().sharding.spec)
+          spec_of(model.blocks[0].mlp.fc.kernel), "its momentum",
+          spec_of(mu["blocks"][0]["mlp"]["fc"]["kernel"]))
 
 
 if __name__ == "__main__":
