@@ -5,7 +5,11 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DOCS_STAMP := $(VENV)/.installed-docs
 
-.PHONY: test demo lint bench docs clean venv
+FLOOR_VENV := .venv-floor
+FLOOR_STAMP := $(FLOOR_VENV)/.installed
+FLOOR_CONSTRAINTS := .ci/floor-constraints.txt
+
+.PHONY: test test-floor demo lint bench docs clean venv
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +31,20 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check optax_muon tests examples benchmarks
 	$(PY) -m pytest -q -n 2 tests
 
+# The suite (less the slow multi-process tests) on the lowest declared
+# versions of jax, jaxlib, optax, chex and flax, in a second venv.
+$(FLOOR_STAMP): pyproject.toml $(FLOOR_CONSTRAINTS)
+	$(PYTHON) -m venv $(FLOOR_VENV)
+	$(FLOOR_VENV)/bin/python -m pip install -q --upgrade pip
+	$(FLOOR_VENV)/bin/python -m pip install -q -c $(FLOOR_CONSTRAINTS) -e ".[test]"
+	touch $(FLOOR_STAMP)
+
+test-floor: $(FLOOR_STAMP)
+	$(FLOOR_VENV)/bin/python -c "import jax, optax, chex, flax; \
+	  print('floor:', 'jax', jax.__version__, 'optax', optax.__version__, \
+	        'chex', chex.__version__, 'flax', flax.__version__)"
+	$(FLOOR_VENV)/bin/python -m pytest -q -n 2 -m "not slow" tests
+
 demo: $(STAMP)
 	$(PY) examples/compare.py --task lm --out results/lm
 
@@ -40,4 +58,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/sharding.py --out benchmarks/results/sharding.json
 
 clean:
-	rm -rf $(VENV) results .pytest_cache docs/_build
+	rm -rf $(VENV) $(FLOOR_VENV) results .pytest_cache docs/_build

@@ -1,4 +1,4 @@
-"""Data-parallel GPT training with FSDP params and the split Newton–Schulz.
+r"""Data-parallel GPT training with FSDP params and the split Newton–Schulz.
 
 One mesh axis, ``"data"``, over every device: each batch is split over it
 (data parallelism), every param and its optimizer state is sharded over it
@@ -12,11 +12,26 @@ Run it on 8 simulated CPU devices, or unchanged on every GPU of a host::
   python examples/sharded_train.py --simulate 8
   python examples/sharded_train.py
 
-Across hosts, start the same command on every host with ``--multihost``
-(``jax.distributed.initialize()`` reads the cluster from the environment:
-SLURM, Open MPI, Cloud TPU, or ``JAX_COORDINATOR_ADDRESS`` /
-``JAX_NUM_PROCESSES`` / ``JAX_PROCESS_ID``); each host then feeds its own
-slice of every batch.
+Across hosts, start the same command on every host with ``--multihost``.
+Under SLURM, Open MPI or on Cloud TPU, ``jax.distributed.initialize()``
+finds the coordinator, the number of processes and this process's id by
+itself; anywhere else, give them::
+
+  # host 0 runs the coordinator; host 1 connects to it
+  python examples/sharded_train.py --coordinator host0:1234 \
+      --num-processes 2 --process-id 0
+  python examples/sharded_train.py --coordinator host0:1234 \
+      --num-processes 2 --process-id 1
+
+(``--coordinator`` may also come from ``JAX_COORDINATOR_ADDRESS``; the
+number of processes and the id have no environment variable.) Each host then
+feeds its own slice of every batch. Two processes on one machine, 2
+simulated CPU devices each (CPU collectives over Gloo)::
+
+  python examples/sharded_train.py --simulate 2 --coordinator 127.0.0.1:1234 \
+      --num-processes 2 --process-id 0 &
+  python examples/sharded_train.py --simulate 2 --coordinator 127.0.0.1:1234 \
+      --num-processes 2 --process-id 1
 
 Data: the pydoc topics that ship with Python, as bytes.
 """
@@ -34,7 +49,16 @@ def _parse_args():
   parser.add_argument("--simulate", type=int, default=0,
                       help="run on this many simulated CPU devices")
   parser.add_argument("--multihost", action="store_true",
-                      help="call jax.distributed.initialize() first")
+                      help="call jax.distributed.initialize() first, which "
+                           "detects SLURM, Open MPI and Cloud TPU clusters")
+  parser.add_argument("--coordinator", metavar="HOST:PORT",
+                      help="address of process 0's coordinator service "
+                           "(implies --multihost)")
+  parser.add_argument("--num-processes", type=int,
+                      help="number of processes (implies --multihost)")
+  parser.add_argument("--process-id", type=int,
+                      help="this process's id, 0 to --num-processes - 1 "
+                           "(implies --multihost)")
   parser.add_argument("--optimizer", default="muon",
                       choices=["muon", "adamuon", "mommuon", "ogsignmuon",
                                "normuon"])
@@ -47,7 +71,18 @@ def _parse_args():
   parser.add_argument("--d-model", type=int, default=64)
   parser.add_argument("--layers", type=int, default=2)
   parser.add_argument("--seq-len", type=int, default=64)
-  return parser.parse_args()
+  args = parser.parse_args()
+  if (args.coordinator is not None or args.num_processes is not None
+      or args.process_id is not None):
+    args.multihost = True
+  if args.num_processes is not None and args.num_processes < 1:
+    parser.error(f"--num-processes {args.num_processes}: must be at least 1.")
+  if args.process_id is not None and (
+      args.process_id < 0 or (args.num_processes is not None
+                              and args.process_id >= args.num_processes)):
+    parser.error(f"--process-id {args.process_id}: must be in "
+                 f"[0, --num-processes).")
+  return args
 
 
 ARGS = _parse_args()
@@ -89,6 +124,13 @@ def pin(module, specs):
   nnx.update(module, jax.lax.with_sharding_constraint(nnx.state(module), specs))
 
 
+def spec_of(v) -> str:
+  """The partition spec of an ``nnx.Variable``'s array, as ``P(...)`` on
+  every JAX version."""
+  array = v[...] if isinstance(v, nnx.Variable) else v
+  return "P(" + ", ".join(map(repr, array.sharding.spec)) + ")"
+
+
 def text_bytes() -> np.ndarray:
   from pydoc_data import topics
   text = "\n\n".join(topics.topics[k] for k in sorted(topics.topics))
@@ -97,7 +139,14 @@ def text_bytes() -> np.ndarray:
 
 def main(args):
   if args.multihost:
-    jax.distributed.initialize()
+    if args.simulate:
+      # The CPU backend's collectives across processes.
+      jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    # Unset arguments are detected from the cluster (SLURM, Open MPI, Cloud
+    # TPU); the coordinator also from JAX_COORDINATOR_ADDRESS.
+    jax.distributed.initialize(coordinator_address=args.coordinator,
+                               num_processes=args.num_processes,
+                               process_id=args.process_id)
   n = jax.device_count()
   if args.batch_size % n:
     raise ValueError(f"--batch-size {args.batch_size} is not a multiple of "
@@ -148,7 +197,7 @@ def main(args):
     print(f"{n} devices ({jax.devices()[0].device_kind}), "
           f"{jax.process_count()} process(es); {args.optimizer}, "
           f"ns_mesh_axis={None if args.no_split else 'data'}")
-    print(f"blocks[0].mlp.fc.kernel {kernel.shape}: {kernel.get_value().sharding.spec}")
+    print(f"blocks[0].mlp.fc.kernel {kernel.shape}: {spec_of(kernel)}")
     start = time.perf_counter()
     for step in range(1, args.steps + 1):
       starts = rng.integers(len(tokens) - args.seq_len - 1, size=local)
@@ -161,8 +210,8 @@ def main(args):
               f"({time.perf_counter() - start:.1f} s)")
     mu = optimizer.opt_state.inner_states["muon"].inner_state[0].mu
     print("after training: blocks[0].mlp.fc.kernel",
-          model.blocks[0].mlp.fc.kernel.get_value().sharding.spec, "its momentum",
-          mu["blocks"][0]["mlp"]["fc"]["kernel"].get_value().sharding.spec)
+          spec_of(model.blocks[0].mlp.fc.kernel), "its momentum",
+          spec_of(mu["blocks"][0]["mlp"]["fc"]["kernel"]))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,131 @@
+"""Several hosts, simulated: 2 processes x 2 CPU devices on the loopback address.
+
+Each test starts 2 processes that join one JAX cluster
+(``jax.distributed.initialize("127.0.0.1:PORT", num_processes=2,
+process_id=i)``, CPU collectives over Gloo) and run over a mesh of all 4
+devices, so the optimizer's collectives cross the process boundary. The
+processes listen on the loopback address only and are killed if they run
+past a timeout. Marked slow (a minute or two on 2 cores): ``-m "not slow"``
+leaves them out.
+"""
+
+import contextlib
+import os
+import re
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests import _multihost_worker as mw
+from tests import _sharding_worker as sw
+
+pytestmark = pytest.mark.slow
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NUM_PROCESSES = 2
+TIMEOUT_S = 600
+
+# Keller Jordan's quintic has slope a = 3.4445 at the origin and less in
+# magnitude elsewhere on [0, 1], so a relative perturbation of the input grows
+# at most a-fold per iteration: a few float32 roundings (eps = 2^-23) per
+# step, amplified over the 5 steps, bound the difference between two float32
+# computations that only sum in a different order, and the error against
+# float64.
+F32_RTOL = 4 * 3.4445**5 * float(np.finfo(np.float32).eps)  # ~2.3e-4
+
+
+def _free_port():
+  with contextlib.closing(socket.socket(socket.AF_INET,
+                                        socket.SOCK_STREAM)) as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _launch(make_argv, devices_per_process=2):
+  """Starts ``NUM_PROCESSES`` processes, ``make_argv(coordinator, i)`` each;
+  returns their stdouts, or fails with their stderrs. All are killed if
+  one fails or they run past ``TIMEOUT_S``. One retry with a new port if the
+  coordinator's port was taken meanwhile."""
+  flags = (f"--xla_force_host_platform_device_count={devices_per_process}"
+           " --xla_backend_optimization_level=0")
+  env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
+  env["PYTHONPATH"] = os.pathsep.join(
+      p for p in (ROOT, env.get("PYTHONPATH")) if p)
+  for attempt in range(2):
+    coordinator = f"127.0.0.1:{_free_port()}"
+    procs = [subprocess.Popen(make_argv(coordinator, i), cwd=ROOT, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+             for i in range(NUM_PROCESSES)]
+    outs = []
+    try:
+      for p in procs:
+        outs.append(p.communicate(timeout=TIMEOUT_S))
+    except subprocess.TimeoutExpired:
+      for p in procs:
+        p.kill()
+      for p in procs:
+        p.communicate()
+      pytest.fail(f"{NUM_PROCESSES} processes ran past {TIMEOUT_S} s")
+    finally:
+      for p in procs:
+        if p.poll() is None:
+          p.kill()
+          p.communicate()
+    codes = [p.returncode for p in procs]
+    if all(c == 0 for c in codes):
+      return [o for o, _ in outs]
+    errors = "\n".join(f"--- process {i} (exit {c}):\n{e[-3000:]}"
+                       for i, (c, (_, e)) in enumerate(zip(codes, outs)))
+    if attempt == 0 and "address already in use" in errors.lower():
+      continue
+    pytest.fail(errors)
+
+
+def test_steps_on_a_two_process_mesh_match_one_process(tmp_path):
+  """om.muon over 4 devices in 2 processes, FSDP (Explicit axes) and mixed
+  FSDP / tensor-parallel (Auto axes), with and without ns_mesh_axis: the
+  params after each step match one process on one device and the float64
+  NumPy reference, and both processes see the same values."""
+  _launch(lambda coordinator, i: [
+      sys.executable, "-m", "tests._multihost_worker", coordinator,
+      str(NUM_PROCESSES), str(i), str(tmp_path)])
+  results = [np.load(tmp_path / f"process_{i}.npz")
+             for i in range(NUM_PROCESSES)]
+  params0 = sw._params()
+  single, _, _ = sw._run(sw._make_tx("muon"), params0)
+  want = sw._reference_trajectory("muon")
+  for layout in mw.LAYOUTS:
+    for t in range(sw.STEPS):
+      for k in sw.SHAPES:
+        name = f"{layout}/{t}/{k}"
+        got = results[0][name]
+        for other in results[1:]:
+          np.testing.assert_array_equal(other[name], got, err_msg=name)
+        step = got - params0[k]
+        vs_single = sw._rel(step, np.asarray(single[t][k]) - params0[k])
+        vs_ref = sw._rel(step, want[t][k] - params0[k])
+        assert vs_single < F32_RTOL, (name, vs_single)
+        assert vs_ref < F32_RTOL, (name, vs_ref)
+
+
+def test_sharded_train_example_on_two_processes():
+  """examples/sharded_train.py with --coordinator / --num-processes /
+  --process-id: both processes finish, report the 4-device cluster, and
+  print the same finite, falling losses."""
+  outs = _launch(lambda coordinator, i: [
+      sys.executable, os.path.join(ROOT, "examples", "sharded_train.py"),
+      "--simulate", "2", "--coordinator", coordinator,
+      "--num-processes", str(NUM_PROCESSES), "--process-id", str(i),
+      "--steps", "10", "--d-model", "32"])
+  losses = []
+  for out in outs:
+    assert "4 devices (cpu), 2 process(es)" in out, out
+    assert "ns_mesh_axis=data" in out, out
+    losses.append([float(x) for x in re.findall(r"loss (\S+)", out)])
+  assert losses[0] == losses[1], losses
+  assert len(losses[0]) >= 2 and all(np.isfinite(losses[0])), outs[0]
+  assert losses[0][-1] < losses[0][0] - 0.5, outs[0]
