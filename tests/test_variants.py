@@ -9,6 +9,7 @@ import pytest
 
 import optax_muon as om
 from tests import reference as ref
+from tests._tolerances import tol
 
 SHAPES = {"dense": (32, 64), "tall": (96, 24), "conv": (3, 3, 8, 16)}
 STEPS = 5
@@ -205,7 +206,7 @@ def test_inject_hyperparams_matches_plain_alias(alias):
       learning_rate=sched, weight_decay=0.01)
   got = _run(injected, params, steps=3)
   want = _run(plain, params, steps=3)
-  chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-7)
+  chex.assert_trees_all_close(got, want, rtol=tol(1e-5), atol=tol(1e-7))
   # the learning rate is a hyperparameter one can read and change
   state = injected.init(params)
   assert "learning_rate" in state.hyperparams
@@ -231,7 +232,8 @@ def test_bfloat16_params_under_jit(alias):
   for _ in range(2):
     float_updates, state32 = tx32.update(f32(grads), state32, f32(params))
   for k in ("dense", "tall", "conv"):
-    _assert_rel_close(updates[k].astype(jnp.float32), float_updates[k], 2e-2, k)
+    _assert_rel_close(updates[k].astype(jnp.float32), float_updates[k],
+                      tol(2e-2), k)
 
 
 def test_alias_routes_non_matrices_to_adamw_reference():
