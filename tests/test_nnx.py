@@ -65,6 +65,30 @@ def test_mlp_trains_with_every_alias(alias):
   assert losses[-1] < 0.5 * losses[0], losses
 
 
+MOMMUON_BF16_XFAIL = pytest.mark.xfail(
+    strict=True,
+    reason="MomMuon's coupled inverse square root runs in ns_dtype and "
+    "diverges in bfloat16 (loss NaN from step 2, issue 12); remove this mark "
+    "once it runs in float32 whatever ns_dtype says")
+
+
+@pytest.mark.parametrize("alias", [
+    om.muon, om.adamuon,
+    pytest.param(om.mommuon, marks=MOMMUON_BF16_XFAIL),
+    om.ogsignmuon, om.normuon,
+], ids=lambda f: f.__name__)
+def test_mlp_trains_with_every_alias_in_bfloat16(alias):
+  # bfloat16 Newton-Schulz is the default on GPU and TPU; here it is asked
+  # for explicitly, so that the CPU suite covers what an accelerator runs.
+  model = MLP(nnx.Rngs(0))
+  tokens = jnp.arange(64) % 16
+  targets = (tokens * 3 + 1) % 16
+  tx = alias(0.02, adamw_learning_rate=3e-3, ns_dtype=jnp.bfloat16)
+  losses, _ = _train(model, tx, tokens, targets, 30)
+  assert np.all(np.isfinite(losses)), losses
+  assert losses[-1] < 0.5 * losses[0], losses
+
+
 def test_convnet_trains_and_conv_kernels_go_through_muon():
   model = ConvNet(nnx.Rngs(1))
   rng = np.random.default_rng(0)
