@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo lint bench clean venv
+.PHONY: test test-fast demo lint bench clean venv
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,9 +14,15 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# Everything, the slow subprocess / example / compare tests included.
 test: $(STAMP)
 	$(VENV)/bin/ruff check optax_muon tests examples benchmarks
 	$(PY) -m pytest -q -n 2 tests
+
+# For development: all but the tests marked @pytest.mark.slow (under 60 s).
+test-fast: $(STAMP)
+	$(VENV)/bin/ruff check optax_muon tests examples benchmarks
+	$(PY) -m pytest -q -n 2 -m "not slow" tests
 
 demo: $(STAMP)
 	$(PY) examples/compare.py --task lm --out results/lm
