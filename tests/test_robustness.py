@@ -23,6 +23,7 @@ import pytest
 
 import optax_muon as om
 from tests import reference
+from tests._sweeps import sweep
 from tests._tolerances import tol
 
 ALIASES = {
@@ -99,7 +100,7 @@ def _all_finite(tree):
 # ----------------------------------------------------------- 1. numerics ----
 
 
-@pytest.mark.parametrize("name", VARIANTS)
+@pytest.mark.parametrize("name", sweep(VARIANTS))
 def test_zero_gradients_give_zero_updates(name):
   params = _params()
   zeros = jax.tree.map(jnp.zeros_like, params)
@@ -129,7 +130,7 @@ def test_mommuon_zero_first_gradient_does_not_poison_preconditioner(ns_every):
                               atol=tol(1e-7))
 
 
-@pytest.mark.parametrize("name", VARIANTS)
+@pytest.mark.parametrize("name", sweep(VARIANTS))
 def test_step_does_not_depend_on_gradient_scale(name):
   params = _matrices()
   # Per-step magnitudes vary so that AdaMuon's factor is not trivially 1.
@@ -198,7 +199,7 @@ EXTREMES = [
     (jnp.float32, -100, False)]
 
 
-@pytest.mark.parametrize("name", VARIANTS)
+@pytest.mark.parametrize("name", sweep(VARIANTS))
 def test_extremes_of_low_precision_give_the_unit_scale_step(name):
   for dtype, power, subnormal in EXTREMES:
     params = _params(dtype)
@@ -217,7 +218,7 @@ def test_extremes_of_low_precision_give_the_unit_scale_step(name):
             rtol=1e-5, atol=1e-8, err_msg=f"{k} {dtype} 2^{power}")
 
 
-@pytest.mark.parametrize("name", ALIASES)
+@pytest.mark.parametrize("name", sweep(ALIASES))
 def test_extremes_of_low_precision_finite_everywhere(name):
   # Including AdamW's leaves and bfloat16's smallest normal, whose momentum
   # (1 - beta) g underflows (flushed to zero): the step is then 0.
@@ -276,7 +277,7 @@ def test_non_finite_gradient_poisons_the_leaf_without_apply_if_finite(
   assert not _all_finite(outs[0]) and not _all_finite(outs[1])
 
 
-@pytest.mark.parametrize("name", VARIANTS)
+@pytest.mark.parametrize("name", sweep(VARIANTS))
 def test_apply_if_finite_skips_the_nan_step_exactly(name):
   params = _params()
   g = [_grads(params, s) for s in range(4)]
@@ -319,7 +320,7 @@ def _dtypes(tree):
   return jax.tree.map(lambda x: (x.shape, x.dtype), tree)
 
 
-@pytest.mark.parametrize("name", VARIANTS)
+@pytest.mark.parametrize("name", sweep(VARIANTS))
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
 def test_low_precision_params_dtypes_and_single_compile(name, dtype):
   params = _params(dtype)
@@ -350,7 +351,7 @@ def test_low_precision_params_dtypes_and_single_compile(name, dtype):
   assert len(traces) == 1 and update._cache_size() == 1
 
 
-@pytest.mark.parametrize("name", ALIASES)
+@pytest.mark.parametrize("name", sweep(ALIASES))
 def test_mu_dtype_sets_the_momentum_dtype(name):
   params = _params(jnp.float32)
   tx = _make(name, mu_dtype=jnp.bfloat16)

@@ -9,6 +9,7 @@ import pytest
 
 import optax_muon as om
 from tests import reference as ref
+from tests._sweeps import sweep
 from tests._tolerances import tol
 
 SHAPES = {"dense": (32, 64), "tall": (96, 24), "conv": (3, 3, 8, 16)}
@@ -96,7 +97,9 @@ VARIANTS = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(VARIANTS))
+@pytest.mark.parametrize("name", sweep(
+    sorted(VARIANTS), fast=("muon", "adamuon", "mommuon", "ogsignmuon",
+                            "normuon")))
 def test_variant_matches_reference(name, jit=True):
   alias, kwargs, ref_cls, ref_kwargs, rtol = VARIANTS[name]
   lr, wd = 0.02, 0.05
@@ -196,8 +199,8 @@ def test_stacked_layers_with_batch_axes_match_per_slice_reference():
   np.testing.assert_array_equal(u1["stack"], u2["stack"])
 
 
-@pytest.mark.parametrize("alias", [om.muon, om.adamuon, om.mommuon,
-                                   om.ogsignmuon, om.normuon])
+@pytest.mark.parametrize("alias", sweep([om.muon, om.adamuon, om.mommuon,
+                                         om.ogsignmuon, om.normuon]))
 def test_inject_hyperparams_matches_plain_alias(alias):
   params = _params()
   sched = optax.linear_schedule(0.02, 0.01, 10)
@@ -212,8 +215,8 @@ def test_inject_hyperparams_matches_plain_alias(alias):
   assert "learning_rate" in state.hyperparams
 
 
-@pytest.mark.parametrize("alias", [om.muon, om.adamuon, om.mommuon,
-                                   om.ogsignmuon, om.normuon])
+@pytest.mark.parametrize("alias", sweep([om.muon, om.adamuon, om.mommuon,
+                                         om.ogsignmuon, om.normuon]))
 def test_bfloat16_params_under_jit(alias):
   params = jax.tree.map(lambda p: jnp.asarray(p, jnp.bfloat16), _params())
   params["bias"] = jnp.zeros(16, jnp.bfloat16)
