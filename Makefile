@@ -9,7 +9,7 @@ FLOOR_VENV := .venv-floor
 FLOOR_STAMP := $(FLOOR_VENV)/.installed
 FLOOR_CONSTRAINTS := .ci/floor-constraints.txt
 
-.PHONY: test test-floor demo lint bench docs clean venv
+.PHONY: test test-fast test-floor demo lint bench docs clean venv
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,7 @@ $(DOCS_STAMP): pyproject.toml | $(PY)
 
 venv: $(STAMP)
 
+# Everything, the slow subprocess / example / compare tests included.
 test: $(STAMP)
 	$(VENV)/bin/ruff check optax_muon tests examples benchmarks
 	$(PY) -m pytest -q -n 2 tests
@@ -44,6 +45,11 @@ test-floor: $(FLOOR_STAMP)
 	  print('floor:', 'jax', jax.__version__, 'optax', optax.__version__, \
 	        'chex', chex.__version__, 'flax', flax.__version__)"
 	$(FLOOR_VENV)/bin/python -m pytest -q -n 2 -m "not slow" tests
+
+# For development: all but the tests marked @pytest.mark.slow (under 60 s).
+test-fast: $(STAMP)
+	$(VENV)/bin/ruff check optax_muon tests examples benchmarks
+	$(PY) -m pytest -q -n 2 -m "not slow" tests
 
 demo: $(STAMP)
 	$(PY) examples/compare.py --task lm --out results/lm

@@ -31,13 +31,23 @@ def coeff_rows(preset, steps):
   return [tuple(r) for r in preset][:steps], 1.0
 
 
-def newton_schulz(g, steps=5, preset="quintic", eps=1e-7):
-  """Step 1-4 of ALGORITHMS.md on one 2-D matrix."""
+def newton_schulz(g, steps=5, preset="quintic", eps=1e-7, relative_eps=False):
+  """Step 1-4 of ALGORITHMS.md on one 2-D matrix.
+
+  ``relative_eps=True`` guards the normalisation with ``eps * max|G_ij|``
+  instead of ``eps``, so that the result does not depend on the scale of
+  ``G`` at all (``G`` and ``1e-30 G`` give the same matrix); for ordinary
+  gradients the two differ by about ``eps`` relative.
+  """
   rows, scale = coeff_rows(preset, steps)
   x = np.asarray(g, np.float64)
   tall = x.shape[0] > x.shape[1]
   if tall:
     x = x.T
+  if relative_eps:
+    if not np.any(x):
+      return np.zeros_like(np.asarray(g, np.float64))
+    eps = eps * np.abs(x).max()
   x = x / (scale * np.linalg.norm(x) + eps)
   for a, b, c in rows:
     gram = x @ x.T
@@ -160,15 +170,27 @@ class Muon(Variant):
 
 
 class AdaMuon(Muon):
-  def __init__(self, shape, beta2=0.995, eps=1e-8, bias_correction=True, **kw):
+  """``relative_eps=False``: the formula of ALGORITHMS.md,
+  ``n / (sqrt(v_hat) + eps)``. ``relative_eps=True``: its scale-free guard,
+  ``n / (sqrt(v_hat) + eps * max(n, sqrt(v_hat)))`` with ``0/0 = 0``, and
+  Newton-Schulz normalised with a relative ``eps`` too, so that the steps of
+  ``g`` and ``1e-30 g`` are the same."""
+
+  def __init__(self, shape, beta2=0.995, eps=1e-8, bias_correction=True,
+               relative_eps=False, **kw):
     super().__init__(shape, **kw)
     self.v, self.beta2, self.eps, self.bc = 0.0, beta2, eps, bias_correction
+    self.relative_eps = relative_eps
 
   def direction(self, m):
     n = np.linalg.norm(m)
     self.v = self.beta2 * self.v + (1 - self.beta2) * n**2
     v_hat = self.v / (1 - self.beta2**self.t) if self.bc else self.v
-    return newton_schulz(m, self.ns_steps) * n / (np.sqrt(v_hat) + self.eps)
+    o = newton_schulz(m, self.ns_steps, relative_eps=self.relative_eps)
+    if not self.relative_eps:
+      return o * n / (np.sqrt(v_hat) + self.eps)
+    den = np.sqrt(v_hat) + self.eps * max(n, np.sqrt(v_hat))
+    return o * (n / den if den > 0 else 0.0)
 
 
 def inverse_sqrt(y, steps):

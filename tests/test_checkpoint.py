@@ -17,6 +17,7 @@ import optax
 import pytest
 
 import optax_muon as om
+from tests._sweeps import sweep
 
 ocp = pytest.importorskip("orbax.checkpoint")
 
@@ -68,7 +69,7 @@ def _train(step, params, state, ts):
   return params, state
 
 
-@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("name", sweep(CASES, fast=("muon", "mommuon_every3")))
 def test_orbax_checkpoint_resumes_bit_identically(name, tmp_path):
   total, cut = 6, 2  # MomMuon(ns_every=3) refreshes at steps 1 and 4
   params0 = _params()

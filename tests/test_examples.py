@@ -240,6 +240,7 @@ def _check_results(record, task, steps, optimizers, metric):
     assert np.isclose(run["final_train_loss"], np.mean(losses[-10:]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task, metric, optimizers, steps", [
     ("image", "test_accuracy", "adamw,muon", 12),
     ("implicit", "psnr", "adamw,muon,adamuon,mommuon,ogsignmuon,normuon", 12),
@@ -269,6 +270,7 @@ def test_compare_trains_every_optimizer(tmp_path, capsys, task, metric,
     assert f"| {name} |" in table
 
 
+@pytest.mark.slow
 def test_compare_lr_override_options_and_sweep(tmp_path):
   record = compare.main([
       "--task", "implicit", "--tiny", "--steps", "4", "--optimizers",
@@ -319,6 +321,7 @@ def test_bad_arguments_are_reported(capsys, argv, expected):
   assert expected in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_sharded_train_keeps_fsdp_layout_on_8_simulated_devices():
   """examples/sharded_train.py: FSDP params and momentum stay sharded."""
   import os

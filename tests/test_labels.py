@@ -1,4 +1,8 @@
-"""Routing: muon_labels, label validation, and the errors users see."""
+"""Routing: muon_labels, label validation, and the errors users see.
+
+Every label / routing / leaf / ``batch_axes`` error of the aliases and the
+``scale_by_*`` transforms is tested here (device-mesh errors are in
+tests/test_sharding.py)."""
 
 import jax
 import jax.numpy as jnp
@@ -7,6 +11,7 @@ import pytest
 from flax import nnx
 
 import optax_muon as om
+from tests import _flax_compat
 
 
 def _tree():
@@ -53,12 +58,27 @@ def test_nnx_module_labels():
       self.head = nnx.Linear(16, 20, rngs=rngs)
 
   state = nnx.state(Net(nnx.Rngs(0)), nnx.Param)
-  flat = dict(nnx.to_flat_state(om.muon_labels(nnx.as_pure(state))))
+  flat = dict(nnx.to_flat_state(om.muon_labels(_flax_compat.pure(state))))
   assert flat[("embed", "embedding")] == "adamw"
   assert flat[("hidden", "kernel")] == "muon"
   assert flat[("hidden", "bias")] == "adamw"
   assert flat[("norm", "scale")] == "adamw"
   assert flat[("head", "kernel")] == "adamw"
+
+
+# ----------------------------------------------------------------- errors --
+# Bad labels, leaves Muon cannot take, and batch_axes that do not fit: each
+# error names the leaf's path, the bad value and the fix.
+
+ALIASES = {
+    "muon": om.muon,
+    "adamuon": om.adamuon,
+    "mommuon": om.mommuon,
+    "ogsignmuon": om.ogsignmuon,
+    "normuon": om.normuon,
+}
+
+P2 = {"layer": {"kernel": jnp.zeros((4, 6)), "bias": jnp.zeros((6,))}}
 
 
 def test_unknown_label_names_leaf_and_label():
@@ -88,18 +108,112 @@ def test_label_tree_that_does_not_match():
     om.muon(param_labels=labels).init(tree)
 
 
-def test_non_floating_leaf_routed_to_muon():
-  tree = {"ids": np.zeros((4, 4), np.int32)}
-  with pytest.raises(ValueError, match=r"'ids'.*int32.*floating"):
-    om.muon(param_labels={"ids": "muon"}).init(tree)
-
-
 def test_batch_axes_that_do_not_fit():
   tree = {"w": jnp.zeros((2, 8, 8))}
   with pytest.raises(ValueError, match=r"batch_axes \(3,\).*'w'"):
     om.scale_by_muon(batch_axes=(3,)).init(tree)
   with pytest.raises(ValueError, match=r"fewer than 2 matrix axes.*'w'"):
     om.scale_by_muon(batch_axes=(0, 1)).init(tree)
+
+
+@pytest.mark.parametrize("name", ALIASES)
+def test_unknown_label_names_leaf_and_fix(name):
+  labels = {"layer": {"kernel": "muon", "bias": "adam"}}
+  with pytest.raises(ValueError, match=r"'adam'.*'layer/bias'.*'muon' or "
+                     r"'adamw'"):
+    ALIASES[name](param_labels=labels).init(P2)
+
+
+@pytest.mark.parametrize("name", ALIASES)
+def test_vector_routed_to_muon_names_leaf_and_fix(name):
+  labels = {"layer": {"kernel": "muon", "bias": "muon"}}
+  with pytest.raises(ValueError, match=r"'layer/bias'.*\(6,\).*AdamW"):
+    ALIASES[name](param_labels=labels).init(P2)
+
+
+def test_scale_by_variant_rejects_vector_with_path():
+  for scale_by in (om.scale_by_muon, om.scale_by_adamuon, om.scale_by_mommuon,
+                   om.scale_by_ogsignmuon, om.scale_by_normuon):
+    with pytest.raises(ValueError, match=r"'layer/bias'.*2 or more dims"):
+      scale_by().init(P2)
+
+
+@pytest.mark.parametrize("labels, only", [
+    ({"layer": {"kernel": "muon"}}, r"only in the params \['layer/bias'\]"),
+    ({"layer": {"kernel": "muon", "bias": "adamw", "extra": "adamw"}},
+     r"only in the labels \['layer/extra'\]"),
+    (["muon", "adamw"], r"only in the params \['layer/bias', 'layer/kernel'\]"),
+])
+def test_label_tree_mismatch_names_leaves_and_fix(labels, only):
+  for as_fn in (False, True):
+    param_labels = (lambda p, labels=labels: labels) if as_fn else labels
+    with pytest.raises(ValueError, match=only + r".*om.muon_labels"):
+      om.muon(param_labels=param_labels).init(P2)
+
+
+@pytest.mark.parametrize("spec, msg", [
+    (3, r"batch_axes 3 does not fit the leaf at 'layer/kernel' \(2 dims\)"),
+    ((0, 0), r"repeats an axis for the leaf at 'layer/kernel'"),
+    (0, r"leaves fewer than 2 matrix axes of the leaf at 'layer/kernel'"),
+    ("a", r"does not fit the leaf at 'layer/kernel'"),
+    (lambda path, leaf: -3, r"batch_axes -3 does not fit .*'layer/kernel'"),
+])
+def test_batch_axes_that_do_not_fit_name_leaf(spec, msg):
+  params = {"layer": {"kernel": jnp.zeros((4, 6))}}
+  # The aliases' default labels send a leaf that batch_axes leaves with
+  # fewer than 2 matrix axes to AdamW (like a bias); a transform given it
+  # directly cannot.
+  makers = (om.scale_by_muon, om.scale_by_normuon) if spec == 0 else (
+      om.muon, om.scale_by_muon, om.scale_by_normuon)
+  for make in makers:
+    with pytest.raises(ValueError, match=msg):
+      make(batch_axes=spec).init(params)
+  if spec == 0:
+    assert om.muon_labels(params, batch_axes=0) == {"layer": {"kernel": "adamw"}}
+
+
+def test_shared_batch_axes_error_points_to_per_leaf_function():
+  params = {"blocks": jnp.zeros((2, 4, 6)), "proj": jnp.zeros((4, 6))}
+  with pytest.raises(ValueError, match=r"'proj'.*batch_axes=lambda path, "
+                     r"leaf"):
+    om.muon(batch_axes=0, param_labels={"blocks": "muon", "proj": "muon"}
+            ).init(params)
+  # The suggested fix works.
+  om.muon(batch_axes=lambda p, x: 0 if x.ndim == 3 else None).init(params)
+
+
+@pytest.mark.parametrize("dtype", [jnp.int32, jnp.bool_, jnp.uint8])
+def test_non_floating_leaf_routed_to_muon(dtype):
+  name = jnp.dtype(dtype).name
+  params = {"table": jnp.zeros((4, 6), dtype), "w": jnp.zeros((4, 6))}
+  for tx in (om.muon(), om.normuon(param_labels={"table": "muon",
+                                                 "w": "muon"})):
+    with pytest.raises(ValueError, match=rf"'table' of dtype {name}.*"
+                       r"floating-point.*'adamw'"):
+      tx.init(params)
+  with pytest.raises(ValueError, match=rf"'table' of dtype {name}"):
+    om.scale_by_adamuon().init(params)
+  # NumPy leaves too.
+  tree = {"ids": np.zeros((4, 4), dtype)}
+  with pytest.raises(ValueError, match=rf"'ids' of dtype {name}.*floating"):
+    om.muon(param_labels={"ids": "muon"}).init(tree)
+
+
+def test_error_paths_of_nnx_state():
+  nnx = pytest.importorskip("flax.nnx")
+
+  class Net(nnx.Module):
+
+    def __init__(self, rngs):
+      self.layers = nnx.List([nnx.Linear(3, 4, rngs=rngs)])
+
+  model = Net(nnx.Rngs(0))
+  labels = lambda params: jax.tree.map(lambda _: "muon", params)
+  with pytest.raises(ValueError, match=r"'layers/0/bias'"):
+    nnx.Optimizer(model, om.muon(param_labels=labels), wrt=nnx.Param)
+
+
+# ------------------------------------------------------------- equivalence --
 
 
 def test_label_function_and_tree_are_equivalent():

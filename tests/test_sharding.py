@@ -44,6 +44,7 @@ def _worker(*args, fast_compile=True):
   return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("alias", WORKER_ALIASES)
 def test_sharded_steps_match_one_device_and_reference(alias):
   """Two steps with params laid out replicated / FSDP / tensor-parallel (all
@@ -60,6 +61,7 @@ def test_sharded_steps_match_one_device_and_reference(alias):
     assert r["sharding_mismatches"] == [], (layout, r["sharding_mismatches"])
 
 
+@pytest.mark.slow
 def test_split_cuts_per_device_flops():
   """16 replicated kernels on 8 devices: with ns_mesh_axis each device
   orthogonalises 2 of them instead of 16 (ideal ratio 0.125)."""

@@ -1,0 +1,22 @@
+"""Which cases of a sweep over the optimizers ``make test-fast`` runs.
+
+A sweep that repeats one check for every variant runs, in ``make test-fast``,
+only for the cases named in ``fast``: by default Muon (the Newton–Schulz path
+every variant but MomMuon shares) and MomMuon (the inverse-root path). The
+other cases are marked ``slow``; ``make test`` runs them all.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+FAST = ("muon", "mommuon")
+
+
+def sweep(cases, fast=FAST):
+  """``cases`` (names, or functions such as ``om.muon``) as pytest params,
+  those not in ``fast`` marked ``slow``."""
+  return [pytest.param(c, id=getattr(c, "__name__", c),
+                       marks=() if getattr(c, "__name__", c) in fast
+                       else pytest.mark.slow)
+          for c in cases]
