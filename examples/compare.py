@@ -411,7 +411,8 @@ def main(argv=None) -> dict:
         f" seed {args.seed}, {_machine()}")
   # How the optimizers route every leaf of this model (shapes only).
   print(om.describe(nnx.state(nnx.eval_shape(
-      lambda: task.make_model(nnx.Rngs(args.seed))), nnx.Param)))
+      lambda: task.make_model(nnx.Rngs(args.seed))), nnx.Param),
+      group_layers=True))
   adamw_lr = task.learning_rates["adamw"]
   load_before = _load_average()
   wall_start, cpu_start = time.perf_counter(), time.process_time()

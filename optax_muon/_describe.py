@@ -30,6 +30,7 @@ def describe(params: optax.Params, *,
              batch_axes: _matrix.BatchAxes = None,
              matrix_axes: _matrix.MatrixAxesArg = None,
              shape_scale: str = "spectral",
+             group_layers: bool = False,
              **alias_kwargs: Any) -> str:
   """A table of how an optimizer sees every leaf of ``params``.
 
@@ -68,6 +69,9 @@ def describe(params: optax.Params, *,
     batch_axes: as for the alias.
     matrix_axes: as for the alias.
     shape_scale: as for the alias.
+    group_layers: merge the rows of leaves whose paths differ only in
+      integer entries (``blocks/0/...``, ``blocks/1/...``) into one row
+      ``blocks/*/...`` with the count, when all else in the rows is equal.
     **alias_kwargs: any other argument of an alias (ignored).
 
   Returns:
@@ -119,6 +123,8 @@ def describe(params: optax.Params, *,
       adamw_entries += size
       rows.append((_matrix.path_str(path), str(shape), str(lab),
                    "-", "-", "-", "-"))
+  if group_layers:
+    rows = _group_layers(rows)
   widths = [max(len(r[i]) for r in rows + [header])
             for i in range(len(header))]
   lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()
@@ -145,3 +151,15 @@ def describe(params: optax.Params, *,
             "kernel is its own matrix.")
         break
   return "\n".join(lines)
+
+
+def _group_layers(rows: list[tuple[str, ...]]) -> list[tuple[str, ...]]:
+  """Merges rows equal but for the integer entries of their paths."""
+  merged: dict[tuple[str, ...], int] = {}
+  for row in rows:
+    parts = row[0].split("/")
+    pattern = "/".join("*" if p.isdigit() else p for p in parts)
+    key = (pattern,) + row[1:]
+    merged[key] = merged.get(key, 0) + 1
+  return [((k[0] + f" (x{n})" if n > 1 else k[0]),) + k[1:]
+          for k, n in merged.items()]

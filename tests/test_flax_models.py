@@ -410,6 +410,10 @@ def test_describe_lists_every_leaf(nnx_params):
                              "1", "|", "2,3", "0:2", "1.000"]
   assert "vocabulary 50" in text
   assert "note:" in om.describe(nnx_params)  # stacked, no batch_axes
+  layered = {"blocks": [{"w": _z(4, 4), "b": _z(4)} for _ in range(3)]}
+  grouped = om.describe(layered, group_layers=True).splitlines()
+  assert grouped[1].split()[:3] == ["blocks/*/b", "(x3)", "(4,)"]
+  assert grouped[2].split()[:3] == ["blocks/*/w", "(x3)", "(4,"]
   with pytest.raises(ValueError, match="learnin_rate"):
     om.describe(nnx_params, learnin_rate=0.02)
 
