@@ -254,9 +254,14 @@ def _updates(params, **kw):
           zip(flat(updates)[0], jax.tree.leaves(grads))}
 
 
+@pytest.fixture(scope="module")
+def default_updates(nnx_params):
+  return _updates(nnx_params)
+
+
 @pytest.mark.parametrize("name", ["query", "out"])
-def test_attention_update_is_newton_schulz_of_the_view(nnx_params, name):
-  u, g = _updates(nnx_params)[f"layers/attn/{name}/kernel"]
+def test_attention_update_is_newton_schulz_of_the_view(default_updates, name):
+  u, g = default_updates[f"layers/attn/{name}/kernel"]
   for layer in range(LAYERS):
     gm = g[layer].reshape(D, D)  # (in, H*hd) or (H*hd, out)
     want = -reference.newton_schulz(gm) * reference.spectral_scale(D, D)
@@ -437,3 +442,16 @@ def test_inject_hyperparams_with_matrix_axes(nnx_params):
       learning_rate=0.02, matrix_axes=om.per_head,
       batch_axes=om.stacked("layers"))
   tx.init(nnx_params)
+
+
+@pytest.mark.parametrize("alias", [om.normuon, om.mommuon])
+def test_per_head_state_follows_the_view(nnx_params, alias):
+  """Per-matrix state has the view's batch shape: (layers, heads, ...)."""
+  tx = alias(batch_axes=om.stacked("layers"), matrix_axes=om.per_head)
+  state = jax.eval_shape(tx.init, nnx_params)
+  extra = state.inner_states["muon"].inner_state[0][2]
+  shape = extra["layers"]["attn"]["query"]["kernel"].shape
+  if alias is om.normuon:  # (layers, heads, fan_out)
+    assert shape == (LAYERS, HEADS, HD)
+  else:  # (layers, heads, k, k) with k = min(fan_in, fan_out)
+    assert shape == (LAYERS, HEADS, HD, HD)
