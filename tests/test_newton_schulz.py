@@ -7,6 +7,8 @@ they mean the same on CPU, GPU and TPU; tolerances of bfloat16 compute follow
 from its 8-bit mantissa.
 """
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -211,6 +213,50 @@ def test_float32_means_highest_precision_in_every_matmul(form):
   dots = _dots(lambda a: om.inverse_sqrt(a, 3), y)
   assert dots and all(set(p) == {highest} and set(d) == {"float32"}
                       for p, d in dots), dots
+
+
+def _hlo_ops(text):
+  """``[(name, op, operand names, types)]`` of a lowered module (operand
+  types first where printed, the result's last)."""
+  ops = []
+  for line in text.splitlines():
+    m = re.match(r"\s*(%[\w#]+) = (?:stablehlo|chlo)\.(\w+)(.*)", line)
+    if m:
+      types = re.findall(r"tensor<([^>]*)>", m.group(3))
+      ops.append((m.group(1), m.group(2), re.findall(r"%[\w#]+", m.group(3)),
+                  types or [""]))
+  return ops
+
+
+@pytest.mark.parametrize("shape", [(2, 64, 256), (256, 64)])
+def test_bfloat16_standard_iteration_hlo_has_no_float32_iterates(shape):
+  """Between the first and the last product, no ``m x n`` float32 tensor
+  exists except a product's float32 accumulator, whose only use is its cast
+  to bfloat16 (so nothing float32 of the matrix's size is computed on or
+  written); every product multiplies bfloat16 operands; the normalisation
+  adds no pass of its own (one ``max`` reduction before the products); a
+  tall matrix is iterated without a transpose."""
+  ns = om.NewtonSchulz(dtype=jnp.bfloat16,
+                       tuning=om.Tuning(form="standard", symmetric_blocks=1))
+  text = jax.jit(ns).lower(jnp.zeros(shape, jnp.float32)).as_text()
+  ops = _hlo_ops(text)
+  dots = [i for i, o in enumerate(ops) if o[1] == "dot_general"]
+  assert len(dots) == 3 * 5  # A, A A and P X per step: nothing else
+  assert "stablehlo.transpose" not in text
+  matrix = "x".join(str(d) for d in shape[-2:]) + "xf32"
+  users = {}
+  for name, _, args, _ in ops:
+    for a in args:
+      users.setdefault(a, []).append(name)
+  kind = {name: op for name, op, _, _ in ops}
+  for name, op, _, types in ops[dots[0]:dots[-1] + 1]:
+    if op == "dot_general":
+      assert all(t.endswith("xbf16") for t in types[:2]), (name, types)
+    if types[-1].endswith(matrix):
+      assert op == "dot_general", (name, op)
+      assert [kind[u] for u in users[name]] == ["convert"], (name, users[name])
+  # the one pass before the products: |G|'s max, then G / max cast to bf16
+  assert [o[1] for o in ops[:dots[0]]].count("reduce") == 1
 
 
 def test_auto_never_picks_gram_without_float32_arithmetic():
