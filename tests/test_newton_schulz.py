@@ -129,6 +129,9 @@ def test_ns_flops_counts():
   assert om.ns_flops(m, n, k) == k * (4 * m * m * n + 2 * m**3)
   assert om.ns_flops(n, m, k) == om.ns_flops(m, n, k)  # tall = its transpose
   assert om.ns_flops(m, n, k, "gram") == 4 * m * m * n + 2 * m**3 * (4 * k - 3)
+  # a restart after step 2: two segments (2 and 3 steps), each touching X
+  assert om.ns_flops(m, n, k, "gram", (2,)) == (
+      8 * m * m * n + 2 * m**3 * (5 + 9))
 
 
 
@@ -268,6 +271,43 @@ def test_auto_never_picks_gram_without_float32_arithmetic():
   assert tf32.form_for(24, 96) == "standard"
   assert om.NewtonSchulz(dtype=jnp.float32, steps=8).form_for(
       24, 96) == "standard"  # more steps than gram_max_steps
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_gram_restarts_match_reference(dtype):
+  """A restart (``X = Q X``, fresh Gram matrix, ``Q = I``) changes nothing
+  but rounding: restarted after steps 1, 2 or 3, wide and tall (no
+  transposes), the Gram form is the reference's iteration."""
+  tol = 1e-5 if dtype == jnp.float32 else 0.1
+  for i, shape in enumerate([(24, 80), (80, 24), (2, 16, 48)]):
+    x = _rand(shape, seed=40 + i)
+    want = _reference(x)
+    for restarts in ((1,), (2,), (1, 3)):
+      ns = om.NewtonSchulz(dtype=dtype, tuning=om.Tuning(
+          form="gram", gram_restarts=restarts))
+      assert _rel_err(ns(x), want) < tol, (shape, restarts)
+
+
+def test_half_precision_gram_form_restarts_and_wins_by_shape():
+  """Tuning resolves the Gram form's backend defaults: restarts after step
+  2 (then every 3) in half precision, none in float32; "auto" picks the Gram
+  form in half precision where allowed (GPU/TPU by default) and only where
+  it has fewer flops."""
+  assert om.NewtonSchulz(dtype=jnp.bfloat16).restarts() == (2,)
+  assert om.NewtonSchulz(dtype=jnp.float16, steps=8).restarts() == (2, 5)
+  assert om.NewtonSchulz(dtype=jnp.float32).restarts() == ()
+  half = om.NewtonSchulz(dtype=jnp.bfloat16,
+                         tuning=om.Tuning(gram_in_half=True))
+  assert half.form_for(768, 3072) == "gram"  # fc: 0.67x the flops
+  assert half.form_for(768, 768) == "standard"  # square: more flops
+  assert om.NewtonSchulz(dtype=jnp.bfloat16, tuning=om.Tuning(
+      gram_in_half=False)).form_for(768, 3072) == "standard"
+  want = jax.default_backend() != "cpu"
+  assert om.Tuning().half_gram() == want
+  with pytest.raises(ValueError, match="gram_restarts"):
+    om.Tuning(gram_restarts=(0,))
+  with pytest.raises(ValueError, match="gram_in_half"):
+    om.Tuning(gram_in_half="yes")
 
 
 def test_inverse_sqrt_matches_numpy():
