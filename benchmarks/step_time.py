@@ -154,7 +154,7 @@ class TorchMuon:
     self.torch = torch
     self.cuda = torch.cuda.is_available()
     dev = "cuda" if self.cuda else "cpu"
-    to_t = lambda x: torch.from_numpy(np.asarray(x)).to(dev)
+    to_t = lambda x: torch.from_numpy(np.array(x)).to(dev)
     mats, rest = [], []
     jax.tree_util.tree_map_with_path(
         lambda p, x, g: (mats if _common.is_muon_leaf(p, x.shape) else rest

@@ -115,8 +115,9 @@ def test_auto_form_is_gram_when_cheaper_in_float32_only():
   auto = om.orthogonalize(x, dtype=jnp.float32)
   np.testing.assert_array_equal(
       auto, om.orthogonalize(x, dtype=jnp.float32, form="gram"))
+  no_half_gram = om.Tuning(gram_in_half=False)  # the CPU default
   np.testing.assert_array_equal(
-      om.orthogonalize(x, dtype=jnp.bfloat16),
+      om.NewtonSchulz(dtype=jnp.bfloat16, tuning=no_half_gram)(x),
       om.orthogonalize(x, dtype=jnp.bfloat16, form="standard"))
   square = _rand((24, 24), seed=4)
   np.testing.assert_array_equal(
@@ -262,10 +263,13 @@ def test_bfloat16_standard_iteration_hlo_has_no_float32_iterates(shape):
   assert [o[1] for o in ops[:dots[0]]].count("reduce") == 1
 
 
-def test_auto_never_picks_gram_without_float32_arithmetic():
+def test_auto_picks_gram_without_restarts_only_in_float32():
+  """Without restarts the Gram form needs float32 arithmetic; half
+  precision gets it only with ``gram_in_half`` (and then restarts)."""
   wide = om.NewtonSchulz(dtype=jnp.float32)
   assert wide.form_for(24, 96) == "gram"
-  assert om.NewtonSchulz(dtype=jnp.bfloat16).form_for(24, 96) == "standard"
+  assert om.NewtonSchulz(dtype=jnp.bfloat16, tuning=om.Tuning(
+      gram_in_half=False)).form_for(24, 96) == "standard"
   tf32 = om.NewtonSchulz(dtype=jnp.float32,
                          precision=jax.lax.Precision.DEFAULT)
   assert tf32.form_for(24, 96) == "standard"
