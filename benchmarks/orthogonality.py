@@ -16,9 +16,10 @@ random singular vectors), it reports:
                     (all configurations of a shape timed round-robin)
 
 Forms: ``standard``, ``gram`` (restarting where ``om.Tuning`` does by
-default: after step 2 in bfloat16/float16, never in float32) and
+default: after step 3 of 5 in bfloat16/float16, never in float32) and
 ``gram-norestart`` (the Gram form in one segment, to show what the restarts
-buy). Matrices: ``gaussian``, ``ill-conditioned`` and ``rank<k>`` (rank ``k``:
+buy) and ``gram-restart2`` (restarted after step 2, Dao AI Lab's choice).
+Matrices: ``gaussian``, ``ill-conditioned`` and ``rank<k>`` (rank ``k``:
 Gaussian factors ``(m, k) @ (k, n)``; ``U V^T`` is then the rank-``k``
 polar factor and "sv min" is over its ``k`` nonzero singular values).
 
@@ -26,7 +27,8 @@ Usage:
   python benchmarks/orthogonality.py --out benchmarks/results/orthogonality.json
   # issue 13's accuracy table (bf16 vs float32 HIGHEST, 5 steps):
   python benchmarks/orthogonality.py --shapes 1024x4096,64x64 --steps 5 \
-      --forms standard,gram,gram-norestart --matrices gaussian,rank16 \
+      --forms standard,gram,gram-restart2,gram-norestart \
+      --matrices gaussian,rank16 \
       --reps 0 --out benchmarks/results/orthogonality_bf16.json
 """
 
@@ -46,6 +48,8 @@ FORMS = {
     "standard": om.Tuning(form="standard"),
     "gram": om.Tuning(form="gram"),
     "gram-norestart": om.Tuning(form="gram", gram_restarts=()),
+    # Dao AI Lab's restart point (after step 2), for comparison
+    "gram-restart2": om.Tuning(form="gram", gram_restarts=(2,)),
 }
 
 

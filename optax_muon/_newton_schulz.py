@@ -495,7 +495,7 @@ class NewtonSchulz:
     Gram iterates drift (spurious negative eigenvalues, eigenvectors that
     wander; Dao AI Lab). A *restart* -- ``X = Q X``, then a fresh
     ``A = X X^T`` and ``Q = I`` -- after the steps listed by
-    :meth:`restarts` (after step 2 for bfloat16 and float16 by default)
+    :meth:`restarts` (after step 3 of 5 for bfloat16 and float16 by default)
     bounds that drift; float32 runs one segment.
 
     References:

@@ -47,9 +47,10 @@ class Tuning:
       ``None``: on GPU and TPU (where half precision is the default compute
       dtype and the matmuls are the cost), not on CPU.
     gram_restarts: steps after which the Gram form restarts (``X = Q X``,
-      fresh ``A = X X^T``, ``Q = I``). ``None``: after step 2 and then every
-      3 steps for bfloat16 and float16 compute (2 of 5 steps: Dao AI Lab's
-      choice), never for float32 or wider.
+      fresh ``A = X X^T``, ``Q = I``). ``None``: for bfloat16 and float16
+      compute, segments of at most 3 steps with the last of at most 2 (after
+      step 3 of 5; Dao AI Lab restart after step 2 in float16, which in
+      bfloat16 loses more on rank-deficient input), never for float32.
     gram_max_flops_ratio: ``"auto"`` picks the Gram form when its flop
       count (restarts included) is below this fraction of the standard
       form's.
@@ -133,7 +134,11 @@ class Tuning:
       return self.gram_restarts
     if jnp.finfo(dtype).bits >= 32:
       return ()
-    return tuple(range(2, steps, 3))
+    # Segments of at most 3 steps, the last of at most 2: rounding noise in
+    # the Gram matrix grows fastest in the late steps (on rank-deficient
+    # bfloat16 input, 5 steps restarted after step 3 keep a cosine of 0.956
+    # to U V^T, after step 2 only 0.817; benchmarks/README.md).
+    return tuple(sorted(range(steps - 2, 0, -3)))
 
   def loops_stacks(self) -> bool:
     """Whether stacks run one matrix at a time."""

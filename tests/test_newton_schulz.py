@@ -293,12 +293,13 @@ def test_gram_restarts_match_reference(dtype):
 
 
 def test_half_precision_gram_form_restarts_and_wins_by_shape():
-  """Tuning resolves the Gram form's backend defaults: restarts after step
-  2 (then every 3) in half precision, none in float32; "auto" picks the Gram
-  form in half precision where allowed (GPU/TPU by default) and only where
-  it has fewer flops."""
-  assert om.NewtonSchulz(dtype=jnp.bfloat16).restarts() == (2,)
-  assert om.NewtonSchulz(dtype=jnp.float16, steps=8).restarts() == (2, 5)
+  """Tuning resolves the Gram form's backend defaults: in half precision
+  segments of at most 3 steps, the last of at most 2; none in float32;
+  "auto" picks the Gram form in half precision where allowed (GPU/TPU by
+  default) and only where it has fewer flops."""
+  assert om.NewtonSchulz(dtype=jnp.bfloat16).restarts() == (3,)
+  assert om.NewtonSchulz(dtype=jnp.float16, steps=8).restarts() == (3, 6)
+  assert om.NewtonSchulz(dtype=jnp.bfloat16, steps=2).restarts() == ()
   assert om.NewtonSchulz(dtype=jnp.float32).restarts() == ()
   half = om.NewtonSchulz(dtype=jnp.bfloat16,
                          tuning=om.Tuning(gram_in_half=True))
