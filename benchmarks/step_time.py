@@ -242,10 +242,15 @@ def build(args, params, grads):
   return c
 
 
-def ns_flops_of_tree(shapes, form_of=lambda m, n: "standard", steps=5):
-  return sum(_newton_schulz.ns_flops(fi, fo, steps, form_of(min(fi, fo),
-                                                            max(fi, fo)))
-             for fi, fo in _common.muon_matrix_shapes(shapes))
+def ns_flops_of_tree(shapes, ns=None, steps=5):
+  """Newton–Schulz flops of the tree's Muon matrices: the standard count,
+  or (``ns``: a NewtonSchulz) as ``ns`` runs them (form, restarts)."""
+  if ns is None:
+    return sum(_newton_schulz.ns_flops(fi, fo, steps)
+               for fi, fo in _common.muon_matrix_shapes(shapes))
+  return sum(_newton_schulz.ns_flops(
+      fi, fo, ns.steps, ns.form_for(min(fi, fo), max(fi, fo)), ns.restarts())
+      for fi, fo in _common.muon_matrix_shapes(shapes))
 
 
 def main():
@@ -296,8 +301,7 @@ def main():
   std_flops = ns_flops_of_tree(shapes)
   default_ns = om.NewtonSchulz()
   cdtype = default_ns.compute_dtype()
-  om_flops = ns_flops_of_tree(
-      shapes, lambda m, n: default_ns.form_for(m, n))
+  om_flops = ns_flops_of_tree(shapes, default_ns)
   n = args.matmul_size
   rates = {k.split()[1]: 2 * n**3 / (stats[k]["median_ms"] / 1e3)
            for k in stats if k.startswith("matmul")}
