@@ -296,6 +296,12 @@ class NewtonSchulz:
   3. for each step ``k``: ``A = X X^T;  B = b_k A + c_k A A;  X = a_k X + B X``;
   4. undo the transpose and cast back to the input dtype.
 
+  (That is the mathematics; the code never transposes -- a tall matrix is
+  iterated as ``A = X^T X; X = X P`` -- computes ``a X + B X`` as one
+  product ``(a I + B) X``, reads ``||G||_F`` off the trace of the first
+  ``A`` and, in bfloat16 or float16, keeps every ``m x n`` iterate in that
+  dtype between products.)
+
   The odd quintic ``p(s) = a s + b s^3 + c s^5`` is applied to every singular
   value; ``"quintic"`` (Jordan et al., 2024) pushes them into about
   ``[0.7, 1.2]`` in 5 steps, ``"polar_express"`` (Amsel et al., 2025) uses a
@@ -329,8 +335,8 @@ class NewtonSchulz:
       backend -- and ``DEFAULT`` for narrower ones. Pass ``DEFAULT`` with
       float32 to allow TF32 on GPUs.
     eps: relative guard of the normalisation.
-    tuning: speed choices (:class:`Tuning`: the Gram form, symmetric block
-      products); they change no result beyond rounding.
+    tuning: speed choices (:class:`Tuning`: the Gram form and its restarts,
+      symmetric block products); they change no result beyond rounding.
 
   Example:
     >>> import jax, jax.numpy as jnp
