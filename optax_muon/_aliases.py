@@ -36,7 +36,7 @@ from optax_muon import (
 )
 from optax_muon import _newton_schulz as ns
 
-_STATIC = ("ns_steps", "ns_every", "ns_dtype", "mu_dtype", "param_labels",
+_STATIC = ("ns_steps", "ns_dtype", "mu_dtype", "param_labels",
            "batch_axes", "mesh", "tuning")
 
 
@@ -363,10 +363,11 @@ def mommuon(
     *,
     momentum: float = 0.95,
     ns_steps: int = 15,
-    ns_every: int = 1,
-    ns_beta: float = 0.9,
-    ns_average: str = "preconditioner",
+    ns_every: int = 5,
+    ns_beta: float = 0.5,
+    ns_average: str = "gram",
     ns_damping: float = 0.0,
+    ns_rescale: bool = True,
     nesterov: bool = True,
     shape_scale: str = "spectral",
     weight_decay: float = 0.0,
@@ -464,7 +465,8 @@ def mommuon(
   return _alias(
       _variants.scale_by_mommuon(
           momentum, ns_steps=ns_steps, ns_every=ns_every, ns_beta=ns_beta,
-          ns_average=ns_average, ns_damping=ns_damping, nesterov=nesterov,
+          ns_average=ns_average, ns_damping=ns_damping,
+          ns_rescale=ns_rescale, nesterov=nesterov,
           shape_scale=shape_scale,
           mu_dtype=mu_dtype, batch_axes=batch_axes, ns_mesh_axis=ns_mesh_axis,
           mesh=mesh, tuning=tuning),

@@ -321,10 +321,11 @@ class MomMuonDirection(_skeleton.Direction):
   """``P G_n`` with ``P`` a running whitening preconditioner."""
 
   ns_steps: int
-  ns_every: int
+  ns_every: Any  # a Python int, or a traced int (inject_hyperparams)
   ns_beta: Any
   ns_average: str
   ns_damping: Any
+  ns_rescale: bool
   name = "mommuon"
 
   @property
@@ -352,9 +353,18 @@ class MomMuonDirection(_skeleton.Direction):
     # zero-initialised layer, must not fix P at 1.5^ns_steps I).
     unset = jnp.all(precond == 0, axis=(-2, -1), keepdims=True)
     zero = jnp.all(g_n == 0, axis=(-2, -1), keepdims=True)
+    every = self.ns_every
+    static_every = isinstance(every, int)
     scheduled = count == 1
-    if self.ns_every > 0:
-      scheduled = scheduled | ((count - 1) % self.ns_every == 0)
+    if static_every:
+      if every > 0:
+        scheduled = scheduled | ((count - 1) % every == 0)
+    else:
+      # A traced ns_every (optax.inject_hyperparams): the schedule is a
+      # comparison with the step count, so it needs no Python value.
+      every = jnp.asarray(every, jnp.int32)
+      scheduled = scheduled | ((every > 0) & (
+          (count - 1) % jnp.maximum(every, 1) == 0))
     beta, damping, steps = self.ns_beta, self.ns_damping, self.ns_steps
 
     if self.ns_average == "gram":
@@ -376,24 +386,34 @@ class MomMuonDirection(_skeleton.Direction):
             scheduled, beta * p + (1 - beta) * z, p))
         return jnp.where(zero, p, new).astype(p.dtype)
 
-    if self.ns_every == 1:
+    if static_every and every == 1:
       precond = refresh(precond)
     else:
       precond = jax.lax.cond(scheduled | jnp.any(unset & ~zero), refresh,
                              lambda p: p, precond)
     new_states = ((precond, gram) if self.ns_average == "gram"
                   else (precond,))
-    return ns._matmul(precond, g_n, jax.lax.Precision.HIGHEST), new_states
+    u = ns._matmul(precond, g_n, jax.lax.Precision.HIGHEST)
+    if self.ns_rescale:
+      # P was whitened from an average of past Gram matrices (and may be
+      # ns_every - 1 steps old), so ||P G_n||_F drifts away from sqrt(k), the
+      # norm of an orthogonal k x n matrix: bring it back, so the step size
+      # is set by the learning rate alone. A zero update stays zero.
+      norm = ns.frobenius_norm(u)
+      safe = jnp.where(norm > 0, norm, jnp.ones_like(norm))
+      u = u * (jnp.sqrt(jnp.float32(u.shape[-2])) / safe)
+    return u, new_states
 
 
 def scale_by_mommuon(
     momentum: float = 0.95,
     *,
     ns_steps: int = 15,
-    ns_every: int = 1,
-    ns_beta: float = 0.9,
-    ns_average: str = "preconditioner",
+    ns_every: int = 5,
+    ns_beta: float = 0.5,
+    ns_average: str = "gram",
     ns_damping: float = 0.0,
+    ns_rescale: bool = True,
     nesterov: bool = True,
     shape_scale: str = "spectral",
     mu_dtype: DTypeLike | None = None,
@@ -481,15 +501,16 @@ def scale_by_mommuon(
     (:class:`ScaleByMomMuonGramState` with ``ns_average="gram"``).
   """
   ns_steps = _checks.static_int(ns_steps, "ns_steps", low=1)
-  ns_every = _checks.static_int(ns_every, "ns_every", low=0)
+  ns_every = _checks.traceable_int(ns_every, "ns_every", low=0)
   _checks.in_range(ns_beta, "ns_beta", 0.0, 1.0, high_open=True)
   _checks.in_range(ns_damping, "ns_damping", 0.0)
+  _checks.boolean(ns_rescale, "ns_rescale")
   if ns_average not in MOMMUON_AVERAGES:
     raise ValueError(
         f"ns_average must be one of {MOMMUON_AVERAGES}, got {ns_average!r}.")
   direction = MomMuonDirection(
       ns_steps=ns_steps, ns_every=ns_every, ns_beta=ns_beta,
-      ns_average=ns_average, ns_damping=ns_damping)
+      ns_average=ns_average, ns_damping=ns_damping, ns_rescale=ns_rescale)
   return _skeleton.scale_by_muon_family(
       direction, momentum=momentum, nesterov=nesterov, shape_scale=shape_scale,
       mu_dtype=mu_dtype, batch_axes=batch_axes, ns_mesh_axis=ns_mesh_axis,
