@@ -422,33 +422,53 @@ def scale_by_mommuon(
     mesh: jax.sharding.Mesh | None = None,
     tuning: _tuning.Tuning | None = None,
 ) -> optax.GradientTransformation:
-  r"""MomMuon: a running average of a Newton–Schulz whitening preconditioner.
+  r"""MomMuon: a running Newton–Schulz whitening, refreshed every few steps.
 
   Newton–Schulz can produce the whitening preconditioner
-  ``Z ~ (G_n G_n^T)^{-1/2}`` instead of the orthogonalised gradient (SWAN's
-  GradWhitening); that matrix is averaged over time and refreshed only every
-  ``ns_every`` steps, so the steps in between cost one small matmul::
+  ``P ~ (G_n G_n^T)^{-1/2}`` instead of the orthogonalised gradient (SWAN's
+  GradWhitening); MomMuon keeps that whitening over time and recomputes it
+  only every ``ns_every`` steps, so the steps in between cost one small
+  matmul. The defaults (``ns_average="gram"``) average the Gram matrices
+  every step and whiten the average on refresh steps (Shampoo's recipe:
+  statistics every step, the root every ``ns_every`` steps)::
 
     G_n = M / ||M||_F
+    Ybar = G_n G_n^T  (t = 1)   else   ns_beta * Ybar + (1 - ns_beta) * G_n G_n^T
     on a refresh step (t = 1, or (t - 1) % ns_every == 0):
-      Z = inverse_sqrt(G_n G_n^T, ns_steps)      (small side of G_n)
+      P = inverse_sqrt(Ybar, ns_steps)           (small side of G_n, k x k)
+    U = P G_n
+    u = U * sqrt(k) / ||U||_F * s                (ns_rescale)
+
+  ``ns_every=0`` refreshes only on the first step. Refreshes run under
+  ``lax.cond``: steps that do not refresh run no Newton–Schulz (a static
+  ``ns_every=1`` refreshes unconditionally). ``ns_every`` may be traced
+  (``optax.inject_hyperparams``): the schedule is a comparison with the step.
+
+  ``ns_rescale`` brings the update to the Frobenius norm ``sqrt(k)`` of an
+  orthogonal ``k x n`` matrix: ``P`` is whitened from an average of past
+  Gram matrices and may be ``ns_every - 1`` steps old, so ``||P G_n||_F``
+  drifts (measured on the lm example at ``ns_every=10``: validation loss
+  2.93 without, 2.01 with). Muon's quintic Newton–Schulz stops short of
+  orthogonal (its update's Frobenius norm is about ``0.7 sqrt(k)``), so at
+  the same learning rate MomMuon's step is somewhat larger than Muon's.
+
+  The defaults (``ns_average="gram", ns_beta=0.5, ns_every=5,
+  ns_damping=0, ns_rescale=True``) are the best configuration measured on
+  the examples' lm, image and implicit tasks that keeps the idea (a running
+  whitening refreshed every few steps); README "MomMuon" has the runs and
+  the loss / step-time trade-off of ``ns_every``.
+
+  The seed's form (MuonVariants) is ``ns_average="preconditioner",
+  ns_beta=0.9, ns_every=1, ns_rescale=False``: it averages the inverse square
+  roots themselves::
+
+    on a refresh step:
+      Z = inverse_sqrt(G_n G_n^T, ns_steps)
       P = Z  (first refresh)   else   ns_beta * P + (1 - ns_beta) * Z
     u = P G_n * s
 
-  ``ns_every=0`` refreshes only on the first step. The refresh runs under
-  ``lax.cond``: steps that do not refresh run no Newton–Schulz.
-
-  ``ns_average="gram"`` averages the Gram matrices instead of their inverse
-  square roots, and whitens the average on refresh steps (Shampoo's recipe:
-  statistics every step, the root every ``ns_every`` steps)::
-
-    Ybar = G_n G_n^T  (t = 1)   else   ns_beta * Ybar + (1 - ns_beta) * G_n G_n^T
-    on a refresh step:  P = inverse_sqrt(Ybar, ns_steps)
-    u = P G_n * s
-
-  Averaging inverse square roots of changing Gram matrices (the seed's
-  ``"preconditioner"`` averaging) keeps the huge gains of directions that
-  were small in old gradients; averaging the Gram matrices first does not.
+  which keeps the huge gains of directions that were small in old gradients:
+  on the lm example it reached validation loss 3.245 against Muon's 1.874.
 
   A matrix whose momentum is all zero gets a zero update and leaves ``P``
   unchanged (``Y = 0`` has no inverse square root; the iteration would
@@ -475,14 +495,16 @@ def scale_by_mommuon(
     momentum: EMA coefficient ``beta`` of the momentum buffer, in ``[0, 1)``.
     ns_steps: steps of the coupled inverse-square-root iteration (an int
       >= 1).
-    ns_every: refresh the preconditioner every this many steps (an int >= 0;
-      0: only on the first step).
+    ns_every: refresh the preconditioner every this many steps (an int >= 0,
+      or a traced int; 0: only on the first step).
     ns_beta: EMA coefficient of the average, in ``[0, 1)`` (0: use the fresh
-      whitening at every refresh).
-    ns_average: ``"preconditioner"`` (the seed: average the inverse square
-      roots) or ``"gram"`` (average the Gram matrices, whiten the average).
+      Gram matrix, or whitening, at every refresh).
+    ns_average: ``"gram"`` (average the Gram matrices, whiten the average)
+      or ``"preconditioner"`` (the seed: average the inverse square roots).
     ns_damping: whiten ``Y + ns_damping * (tr(Y) / k) I`` instead of ``Y``
       (Tikhonov damping relative to the mean eigenvalue; 0: none); ``>= 0``.
+    ns_rescale: rescale ``P G_n`` to Frobenius norm ``sqrt(k)``, an
+      orthogonal matrix's (``False``: the seed).
     nesterov: use the Nesterov form ``(1 - beta) g + beta buf``.
     shape_scale: ``"spectral"``, ``"rms"`` or ``"none"``; see
       :func:`scale_by_muon`.
