@@ -575,6 +575,16 @@ def scale_by_ogsignmuon(
 
     O = orthogonalize(M);   u = |O| * sign(M) * s
 
+  Why it trails Muon on the lm example (measured on the same momentum,
+  README "OGSignMuon"): the sign swap has the Frobenius norm of ``O`` but
+  pulls the update back towards the momentum's own, low-rank spectrum (as
+  signSGD does): its spectral norm is 3-4x ``O``'s and its stable rank 3-7
+  against Muon's 40-54. The learning rate is then capped by the inflated
+  top singular direction, and restoring ``O``'s spectral norm after the swap
+  amounts to a larger learning rate, which did not help. ``momentum=0.9``
+  improves the lm task (validation loss 2.10 against 2.31) but loses 3 dB on
+  the implicit task.
+
   References:
     MuonVariants (the seed of this project), after Jordan et al., 2024.
 
