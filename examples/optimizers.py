@@ -26,6 +26,7 @@ from typing import Any
 import optax
 
 import optax_muon as om
+from examples.studies.ogsign_spectral import ogsignmuon_spectral
 
 
 def adamw(learning_rate: optax.ScalarOrSchedule, *, b1: float = 0.9,
@@ -65,6 +66,9 @@ OPTIMIZERS: dict[str, tuple[Alias, dict[str, Any]]] = {
     "mommuon_every10": (om.mommuon, {"ns_every": 10}),
     "mommuon_every1": (om.mommuon, {"ns_every": 1}),
     "mommuon_norescale": (om.mommuon, {"ns_rescale": False}),
+    # OGSignMuon with Muon's spectral norm restored (study, not the library's:
+    # README "OGSignMuon: why it trails").
+    "ogsignmuon_spectral": (ogsignmuon_spectral, {}),
 }
 
 #: The five optimizers of the comparison (the default ``--optimizers``).

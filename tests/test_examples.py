@@ -226,6 +226,21 @@ def test_presets_pass_their_options_to_the_alias():
   chex.assert_trees_all_close(adamw, want)
 
 
+def test_ogsignmuon_spectral_has_muons_spectral_norm_and_the_momentums_signs():
+  w = jnp.asarray(np.random.default_rng(1).normal(size=(12, 20)), jnp.float32)
+  params, grads = {"w": w}, {"w": jnp.cos(3 * w)}
+
+  def update(tx):
+    return np.asarray(tx.update(grads, tx.init(params), params)[0]["w"])
+
+  got = update(registry.build("ogsignmuon_spectral", 0.1, {}, 1e-3))
+  muon = update(om.muon(0.1, ns_dtype=jnp.float32))
+  # 16 power iterations estimate each spectral norm to about 1%
+  np.testing.assert_allclose(np.linalg.norm(got, 2), np.linalg.norm(muon, 2),
+                             rtol=2e-2)
+  np.testing.assert_array_equal(np.sign(got), -np.sign(grads["w"]))
+
+
 # -------------------------------------------------------------- compare.py
 
 
