@@ -17,6 +17,7 @@ import optax
 import pytest
 
 import optax_muon as om
+from tests._sweeps import sweep
 
 ALIASES = {
     "muon": (om.muon, {}),
@@ -54,7 +55,7 @@ def _layout(tree):
   return jax.tree.map(lambda x: (jnp.shape(x), jnp.result_type(x)), tree)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", sweep(NAMES))
 def test_inject_hyperparams_with_only_ns_steps_static(name):
   alias, kwargs = ALIASES[name]
   hparams = dict(learning_rate=0.02, **kwargs)
@@ -107,7 +108,7 @@ def test_injected_ns_every_follows_its_value_without_recompiling():
   assert len(compiles) == 1
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", sweep(NAMES))
 def test_accepts_extra_args_and_does_not_recompile(name):
   alias, kwargs = ALIASES[name]
   tx = alias(0.02, **kwargs)
@@ -134,7 +135,7 @@ def test_accepts_extra_args_and_does_not_recompile(name):
 
 @pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16, jnp.float32],
                          ids=lambda d: jnp.dtype(d).name)
-@pytest.mark.parametrize("name", ["muon", "mommuon", "ogsignmuon"])
+@pytest.mark.parametrize("name", sweep(["muon", "mommuon", "ogsignmuon"]))
 def test_state_is_stable_under_cond(name, dtype):
   """optax's check: both branches of a lax.cond must give the same state
   (so the state's dtypes may not drift with the gradients')."""
@@ -157,7 +158,7 @@ def test_state_is_stable_under_cond(name, dtype):
     assert all(x.dtype == dtype for x in jax.tree.leaves(params))
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", sweep(NAMES))
 def test_multi_steps_gives_zeros_between_accumulations(name):
   alias, kwargs = ALIASES[name]
   tx = optax.MultiSteps(alias(0.02, **kwargs), every_k_schedule=4)
@@ -169,7 +170,7 @@ def test_multi_steps_gives_zeros_between_accumulations(name):
     np.testing.assert_array_equal(np.asarray(u, np.float32), 0.0)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", sweep(NAMES))
 def test_learning_rate_schedule_equals_constant(name):
   alias, kwargs = ALIASES[name]
   params = _params()

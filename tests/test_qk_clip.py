@@ -109,6 +109,7 @@ def test_nothing_changes_when_every_logit_is_below_tau():
   jax.tree.map(np.testing.assert_array_equal, u, u0)
 
 
+@pytest.mark.slow
 def test_works_with_nnx_optimizer_and_every_alias():
   for alias in (om.muon, om.adamuon, om.mommuon, om.ogsignmuon, om.normuon):
     model = Net(nnx.Rngs(0))
