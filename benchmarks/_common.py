@@ -39,6 +39,33 @@ def gpt_shapes(blocks: int = 6, width: int = 384, vocab: int = 512) -> dict:
   return tree
 
 
+def gpt2_shapes(blocks: int = 12, width: int = 768, vocab: int = 50304,
+                context: int = 1024) -> dict:
+  """A GPT-2-like tree: ``wte (vocab, d)``, ``wpe (context, d)`` and
+  ``lm_head (d, vocab)`` (to AdamW), and per block qkv ``(d, 3d)``, proj
+  ``(d, d)``, fc ``(d, 4d)`` and out ``(4d, d)`` kernels (to Muon) with
+  biases and two LayerNorms' scales and biases (to AdamW in every
+  optimizer's default routing)."""
+  d = width
+  ln = lambda: {"scale": (d,), "bias": (d,)}
+  tree = {"wte": (vocab, d), "wpe": (context, d),
+          "lm_head": {"kernel": (d, vocab)}, "ln_f": ln()}
+  for b in range(blocks):
+    tree[f"h_{b}"] = {"ln_1": ln(), "ln_2": ln()}
+    tree[f"h_{b}"].update({
+        name: {"kernel": fn(d), "bias": (fn(d)[1],)}
+        for name, fn in BLOCK_KERNELS.items()})
+  return tree
+
+
+#: --tree presets of step_time.py: (builder, kwargs).
+TREES = {
+    "cpu": (gpt_shapes, {}),
+    "gpt2-small": (gpt2_shapes, {"blocks": 12, "width": 768}),
+    "gpt2-medium": (gpt2_shapes, {"blocks": 24, "width": 1024}),
+}
+
+
 def random_tree(shapes: dict, seed: int, scale: float = 0.02,
                 dtype=jnp.float32):
   leaves, treedef = jax.tree.flatten(
@@ -48,16 +75,25 @@ def random_tree(shapes: dict, seed: int, scale: float = 0.02,
       [scale * jax.random.normal(k, s, dtype) for k, s in zip(keys, leaves)])
 
 
+ADAMW_NAMES = frozenset({"embed", "head", "wte", "wpe", "lm_head"})
+
+
 def is_adamw_path(path) -> bool:
+  """Embeddings and heads (the names of both trees above)."""
   names = {getattr(k, "key", None) for k in path}
-  return bool(names & {"embed", "head"})
+  return bool(names & ADAMW_NAMES)
+
+
+def is_muon_leaf(path, shape) -> bool:
+  """A 2-D kernel outside the embeddings and heads."""
+  return len(shape) == 2 and not is_adamw_path(path)
 
 
 def muon_matrix_shapes(shapes: dict) -> list[tuple[int, int]]:
   """(fan_in, fan_out) of every leaf the tree routes to Muon."""
   out = []
   jax.tree_util.tree_map_with_path(
-      lambda p, s: None if is_adamw_path(p) else out.append(s), shapes,
+      lambda p, s: out.append(s) if is_muon_leaf(p, s) else None, shapes,
       is_leaf=lambda x: isinstance(x, tuple))
   return out
 

@@ -50,6 +50,9 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make `examples` importable
   sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from flax import nnx  # noqa: E402
+
+import optax_muon as om  # noqa: E402
 from examples import optimizers as opt_registry  # noqa: E402
 from examples import tasks, training  # noqa: E402
 from examples.data import DataError  # noqa: E402
@@ -411,6 +414,10 @@ def main(argv=None) -> dict:
   print(f"task {task.name}: {task.summary}")
   print(f"{steps} steps (warmup {task.warmup:g}, cooldown {task.cooldown:g}),"
         f" seed {args.seed}, {_machine()}")
+  # How the optimizers route every leaf of this model (shapes only).
+  print(om.describe(nnx.state(nnx.eval_shape(
+      lambda: task.make_model(nnx.Rngs(args.seed))), nnx.Param),
+      group_layers=True))
   adamw_lr = task.learning_rates["adamw"]
   load_before = _load_average()
   wall_start, cpu_start = time.perf_counter(), time.process_time()

@@ -9,13 +9,23 @@ from optax_muon._aliases import (
     ogsignmuon,
     static_args,
 )
+from optax_muon._describe import describe
 from optax_muon._labels import (
     EMBEDDING_NAMES,
     HEAD_NAMES,
+    HEAD_OWNER_NAMES,
     NON_MATRIX_NAMES,
     muon_labels,
+    token_vocab_size,
 )
-from optax_muon._matrix import MatrixView, matrix_view
+from optax_muon._matrix import (
+    ATTENTION_INPUT_NAMES,
+    MatrixAxes,
+    MatrixView,
+    matrix_view,
+    per_head,
+    stacked,
+)
 from optax_muon._newton_schulz import (
     NewtonSchulz,
     inverse_sqrt,
@@ -42,9 +52,12 @@ from optax_muon._weight_decay import add_cautious_decayed_weights
 __version__ = "0.1.0"
 
 __all__ = (
+    "ATTENTION_INPUT_NAMES",
     "EMBEDDING_NAMES",
     "HEAD_NAMES",
+    "HEAD_OWNER_NAMES",
     "NON_MATRIX_NAMES",
+    "MatrixAxes",
     "MatrixView",
     "NewtonSchulz",
     "ScaleByAdaMuonState",
@@ -55,6 +68,7 @@ __all__ = (
     "Tuning",
     "adamuon",
     "add_cautious_decayed_weights",
+    "describe",
     "in_float32",
     "inverse_sqrt",
     "matrix_view",
@@ -66,11 +80,14 @@ __all__ = (
     "ns_flops",
     "ogsignmuon",
     "orthogonalize",
+    "per_head",
     "qk_clip",
     "scale_by_adamuon",
     "scale_by_mommuon",
     "scale_by_muon",
     "scale_by_normuon",
     "scale_by_ogsignmuon",
+    "stacked",
     "static_args",
+    "token_vocab_size",
 )

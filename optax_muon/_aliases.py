@@ -37,7 +37,7 @@ from optax_muon import (
 from optax_muon import _newton_schulz as ns
 
 _STATIC = ("ns_steps", "ns_dtype", "mu_dtype", "param_labels",
-           "batch_axes", "mesh", "tuning")
+           "batch_axes", "matrix_axes", "mesh", "tuning")
 
 
 def static_args(alias) -> tuple[str, ...]:
@@ -46,8 +46,9 @@ def static_args(alias) -> tuple[str, ...]:
 
   They are the step count ``ns_steps`` (a Python int that shapes the
   computation; MomMuon's ``ns_every`` may be injected), dtypes (classes
-  look like callables), ``param_labels`` / ``batch_axes`` (functions),
-  ``mesh`` (a ``Mesh`` is callable, as a context decorator) and ``tuning``.
+  look like callables), ``param_labels`` / ``batch_axes`` / ``matrix_axes``
+  (functions or trees), ``mesh`` (a ``Mesh`` is callable, as a context
+  decorator) and ``tuning``.
 
   With bfloat16 or float16 params also pass
   ``hyperparam_dtype=jnp.float32``: by default ``inject_hyperparams`` stores
@@ -56,8 +57,8 @@ def static_args(alias) -> tuple[str, ...]:
 
   Example:
     >>> import optax, optax_muon as om
-    >>> om.static_args(om.muon)
-    ('ns_steps', 'ns_dtype', 'mu_dtype', 'param_labels', 'batch_axes', 'mesh', 'tuning')
+    >>> print(*om.static_args(om.muon))
+    ns_steps ns_dtype mu_dtype param_labels batch_axes matrix_axes mesh tuning
     >>> tx = optax.inject_hyperparams(
     ...     om.muon, static_args=om.static_args(om.muon))(learning_rate=0.02)
   """
@@ -98,7 +99,7 @@ def in_float32(inner: optax.GradientTransformation
 def _alias(scale: optax.GradientTransformation, *, learning_rate,
            weight_decay, cautious_weight_decay, adamw_learning_rate, adamw_b1,
            adamw_b2, adamw_eps, adamw_weight_decay, param_labels, mu_dtype,
-           batch_axes):
+           batch_axes, matrix_axes=None):
   """The ``multi_transform`` every alias returns, arguments checked."""
   _checks.in_range(weight_decay, "weight_decay", 0.0)
   _checks.boolean(cautious_weight_decay, "cautious_weight_decay")
@@ -116,7 +117,7 @@ def _alias(scale: optax.GradientTransformation, *, learning_rate,
       weight_decay=adamw_weight_decay, mu_dtype=mu_dtype))
   return optax.multi_transform(
       {_labels.MUON: muon_chain, _labels.ADAMW: adamw},
-      _labels.resolve_labels(param_labels, batch_axes))
+      _labels.resolve_labels(param_labels, batch_axes, matrix_axes))
 
 
 def muon(
@@ -138,6 +139,7 @@ def muon(
     param_labels: _labels.ParamLabels = None,
     mu_dtype: DTypeLike | None = None,
     batch_axes: _matrix.BatchAxes = None,
+    matrix_axes: _matrix.MatrixAxesArg = None,
     ns_mesh_axis: _mesh.MeshAxis = None,
     mesh: jax.sharding.Mesh | None = None,
     tuning: _tuning.Tuning | None = None,
@@ -190,14 +192,22 @@ def muon(
     adamw_eps: AdamW's epsilon (``>= 0``).
     adamw_weight_decay: AdamW's decoupled weight decay (``>= 0``).
     param_labels: ``None`` (use :func:`muon_labels` with this alias's
-      ``batch_axes``), a tree of ``"muon"`` / ``"adamw"`` labels like the
-      params, or a function of the params that returns one (name it in
-      ``static_args`` under ``optax.inject_hyperparams``).
+      ``batch_axes`` and ``matrix_axes``), a tree of ``"muon"`` /
+      ``"adamw"`` labels like the params, or a function of the params that
+      returns one (name it in ``static_args`` under
+      ``optax.inject_hyperparams``).
     mu_dtype: floating dtype of the momentum buffer and of AdamW's first
       moment; ``None`` is the param's dtype promoted to at least float32.
     batch_axes: axes of a leaf that index separate matrices (stacked or
       scanned layers): ``None``, axes for every leaf, or a function
       ``(path, leaf) -> axes``.
+    matrix_axes: the fan-in and fan-out axes of leaves whose layout the
+      default view does not fit: ``None``, a function ``(path, leaf) ->
+      spec or None``, a tree of specs (or ``None``) like the params, or one
+      spec for every leaf; a spec is :class:`optax_muon.MatrixAxes` or
+      ``optax.contrib.MuonDimensionNumbers`` (see
+      :func:`optax_muon.matrix_view`; ``optax_muon.per_head`` orthogonalises
+      attention per head).
     ns_mesh_axis: a mesh axis name (or tuple of names) to split the stacked
       matrices over, so that each device orthogonalises only its share; see
       :func:`scale_by_muon`.
@@ -227,14 +237,15 @@ def muon(
           momentum, nesterov=nesterov,
           ns_steps=ns_steps, ns_coeffs=ns_coeffs, ns_dtype=ns_dtype,
           shape_scale=shape_scale,
-          mu_dtype=mu_dtype, batch_axes=batch_axes, ns_mesh_axis=ns_mesh_axis,
+          mu_dtype=mu_dtype, batch_axes=batch_axes, matrix_axes=matrix_axes,
+          ns_mesh_axis=ns_mesh_axis,
           mesh=mesh, tuning=tuning),
       learning_rate=learning_rate, weight_decay=weight_decay,
       cautious_weight_decay=cautious_weight_decay,
       adamw_learning_rate=adamw_learning_rate, adamw_b1=adamw_b1,
       adamw_b2=adamw_b2, adamw_eps=adamw_eps,
       adamw_weight_decay=adamw_weight_decay, param_labels=param_labels,
-      mu_dtype=mu_dtype, batch_axes=batch_axes)
+      mu_dtype=mu_dtype, batch_axes=batch_axes, matrix_axes=matrix_axes)
 
 
 def adamuon(
@@ -259,6 +270,7 @@ def adamuon(
     param_labels: _labels.ParamLabels = None,
     mu_dtype: DTypeLike | None = None,
     batch_axes: _matrix.BatchAxes = None,
+    matrix_axes: _matrix.MatrixAxesArg = None,
     ns_mesh_axis: _mesh.MeshAxis = None,
     mesh: jax.sharding.Mesh | None = None,
     tuning: _tuning.Tuning | None = None,
@@ -310,14 +322,22 @@ def adamuon(
     adamw_eps: AdamW's epsilon (``>= 0``).
     adamw_weight_decay: AdamW's decoupled weight decay (``>= 0``).
     param_labels: ``None`` (use :func:`muon_labels` with this alias's
-      ``batch_axes``), a tree of ``"muon"`` / ``"adamw"`` labels like the
-      params, or a function of the params that returns one (name it in
-      ``static_args`` under ``optax.inject_hyperparams``).
+      ``batch_axes`` and ``matrix_axes``), a tree of ``"muon"`` /
+      ``"adamw"`` labels like the params, or a function of the params that
+      returns one (name it in ``static_args`` under
+      ``optax.inject_hyperparams``).
     mu_dtype: floating dtype of the momentum buffer and of AdamW's first
       moment; ``None`` is the param's dtype promoted to at least float32.
     batch_axes: axes of a leaf that index separate matrices (stacked or
       scanned layers): ``None``, axes for every leaf, or a function
       ``(path, leaf) -> axes``.
+    matrix_axes: the fan-in and fan-out axes of leaves whose layout the
+      default view does not fit: ``None``, a function ``(path, leaf) ->
+      spec or None``, a tree of specs (or ``None``) like the params, or one
+      spec for every leaf; a spec is :class:`optax_muon.MatrixAxes` or
+      ``optax.contrib.MuonDimensionNumbers`` (see
+      :func:`optax_muon.matrix_view`; ``optax_muon.per_head`` orthogonalises
+      attention per head).
     ns_mesh_axis: a mesh axis name (or tuple of names) to split the stacked
       matrices over, so that each device orthogonalises only its share; see
       :func:`scale_by_muon`.
@@ -348,14 +368,15 @@ def adamuon(
           nesterov=nesterov,
           ns_steps=ns_steps, ns_coeffs=ns_coeffs, ns_dtype=ns_dtype,
           shape_scale=shape_scale,
-          mu_dtype=mu_dtype, batch_axes=batch_axes, ns_mesh_axis=ns_mesh_axis,
+          mu_dtype=mu_dtype, batch_axes=batch_axes, matrix_axes=matrix_axes,
+          ns_mesh_axis=ns_mesh_axis,
           mesh=mesh, tuning=tuning),
       learning_rate=learning_rate, weight_decay=weight_decay,
       cautious_weight_decay=cautious_weight_decay,
       adamw_learning_rate=adamw_learning_rate, adamw_b1=adamw_b1,
       adamw_b2=adamw_b2, adamw_eps=adamw_eps,
       adamw_weight_decay=adamw_weight_decay, param_labels=param_labels,
-      mu_dtype=mu_dtype, batch_axes=batch_axes)
+      mu_dtype=mu_dtype, batch_axes=batch_axes, matrix_axes=matrix_axes)
 
 
 def mommuon(
@@ -380,6 +401,7 @@ def mommuon(
     param_labels: _labels.ParamLabels = None,
     mu_dtype: DTypeLike | None = None,
     batch_axes: _matrix.BatchAxes = None,
+    matrix_axes: _matrix.MatrixAxesArg = None,
     ns_mesh_axis: _mesh.MeshAxis = None,
     mesh: jax.sharding.Mesh | None = None,
     tuning: _tuning.Tuning | None = None,
@@ -440,14 +462,22 @@ def mommuon(
     adamw_eps: AdamW's epsilon (``>= 0``).
     adamw_weight_decay: AdamW's decoupled weight decay (``>= 0``).
     param_labels: ``None`` (use :func:`muon_labels` with this alias's
-      ``batch_axes``), a tree of ``"muon"`` / ``"adamw"`` labels like the
-      params, or a function of the params that returns one (name it in
-      ``static_args`` under ``optax.inject_hyperparams``).
+      ``batch_axes`` and ``matrix_axes``), a tree of ``"muon"`` /
+      ``"adamw"`` labels like the params, or a function of the params that
+      returns one (name it in ``static_args`` under
+      ``optax.inject_hyperparams``).
     mu_dtype: floating dtype of the momentum buffer and of AdamW's first
       moment; ``None`` is the param's dtype promoted to at least float32.
     batch_axes: axes of a leaf that index separate matrices (stacked or
       scanned layers): ``None``, axes for every leaf, or a function
       ``(path, leaf) -> axes``.
+    matrix_axes: the fan-in and fan-out axes of leaves whose layout the
+      default view does not fit: ``None``, a function ``(path, leaf) ->
+      spec or None``, a tree of specs (or ``None``) like the params, or one
+      spec for every leaf; a spec is :class:`optax_muon.MatrixAxes` or
+      ``optax.contrib.MuonDimensionNumbers`` (see
+      :func:`optax_muon.matrix_view`; ``optax_muon.per_head`` orthogonalises
+      attention per head).
     ns_mesh_axis: a mesh axis name (or tuple of names) to split the stacked
       matrices over, so that each device orthogonalises only its share; see
       :func:`scale_by_muon`.
@@ -478,14 +508,15 @@ def mommuon(
           ns_average=ns_average, ns_damping=ns_damping,
           ns_rescale=ns_rescale, nesterov=nesterov,
           shape_scale=shape_scale,
-          mu_dtype=mu_dtype, batch_axes=batch_axes, ns_mesh_axis=ns_mesh_axis,
+          mu_dtype=mu_dtype, batch_axes=batch_axes, matrix_axes=matrix_axes,
+          ns_mesh_axis=ns_mesh_axis,
           mesh=mesh, tuning=tuning),
       learning_rate=learning_rate, weight_decay=weight_decay,
       cautious_weight_decay=cautious_weight_decay,
       adamw_learning_rate=adamw_learning_rate, adamw_b1=adamw_b1,
       adamw_b2=adamw_b2, adamw_eps=adamw_eps,
       adamw_weight_decay=adamw_weight_decay, param_labels=param_labels,
-      mu_dtype=mu_dtype, batch_axes=batch_axes)
+      mu_dtype=mu_dtype, batch_axes=batch_axes, matrix_axes=matrix_axes)
 
 
 def ogsignmuon(
@@ -507,6 +538,7 @@ def ogsignmuon(
     param_labels: _labels.ParamLabels = None,
     mu_dtype: DTypeLike | None = None,
     batch_axes: _matrix.BatchAxes = None,
+    matrix_axes: _matrix.MatrixAxesArg = None,
     ns_mesh_axis: _mesh.MeshAxis = None,
     mesh: jax.sharding.Mesh | None = None,
     tuning: _tuning.Tuning | None = None,
@@ -551,14 +583,22 @@ def ogsignmuon(
     adamw_eps: AdamW's epsilon (``>= 0``).
     adamw_weight_decay: AdamW's decoupled weight decay (``>= 0``).
     param_labels: ``None`` (use :func:`muon_labels` with this alias's
-      ``batch_axes``), a tree of ``"muon"`` / ``"adamw"`` labels like the
-      params, or a function of the params that returns one (name it in
-      ``static_args`` under ``optax.inject_hyperparams``).
+      ``batch_axes`` and ``matrix_axes``), a tree of ``"muon"`` /
+      ``"adamw"`` labels like the params, or a function of the params that
+      returns one (name it in ``static_args`` under
+      ``optax.inject_hyperparams``).
     mu_dtype: floating dtype of the momentum buffer and of AdamW's first
       moment; ``None`` is the param's dtype promoted to at least float32.
     batch_axes: axes of a leaf that index separate matrices (stacked or
       scanned layers): ``None``, axes for every leaf, or a function
       ``(path, leaf) -> axes``.
+    matrix_axes: the fan-in and fan-out axes of leaves whose layout the
+      default view does not fit: ``None``, a function ``(path, leaf) ->
+      spec or None``, a tree of specs (or ``None``) like the params, or one
+      spec for every leaf; a spec is :class:`optax_muon.MatrixAxes` or
+      ``optax.contrib.MuonDimensionNumbers`` (see
+      :func:`optax_muon.matrix_view`; ``optax_muon.per_head`` orthogonalises
+      attention per head).
     ns_mesh_axis: a mesh axis name (or tuple of names) to split the stacked
       matrices over, so that each device orthogonalises only its share; see
       :func:`scale_by_muon`.
@@ -588,14 +628,15 @@ def ogsignmuon(
           momentum, nesterov=nesterov,
           ns_steps=ns_steps, ns_coeffs=ns_coeffs, ns_dtype=ns_dtype,
           shape_scale=shape_scale,
-          mu_dtype=mu_dtype, batch_axes=batch_axes, ns_mesh_axis=ns_mesh_axis,
+          mu_dtype=mu_dtype, batch_axes=batch_axes, matrix_axes=matrix_axes,
+          ns_mesh_axis=ns_mesh_axis,
           mesh=mesh, tuning=tuning),
       learning_rate=learning_rate, weight_decay=weight_decay,
       cautious_weight_decay=cautious_weight_decay,
       adamw_learning_rate=adamw_learning_rate, adamw_b1=adamw_b1,
       adamw_b2=adamw_b2, adamw_eps=adamw_eps,
       adamw_weight_decay=adamw_weight_decay, param_labels=param_labels,
-      mu_dtype=mu_dtype, batch_axes=batch_axes)
+      mu_dtype=mu_dtype, batch_axes=batch_axes, matrix_axes=matrix_axes)
 
 
 def normuon(
@@ -618,6 +659,7 @@ def normuon(
     param_labels: _labels.ParamLabels = None,
     mu_dtype: DTypeLike | None = None,
     batch_axes: _matrix.BatchAxes = None,
+    matrix_axes: _matrix.MatrixAxesArg = None,
     ns_mesh_axis: _mesh.MeshAxis = None,
     mesh: jax.sharding.Mesh | None = None,
     tuning: _tuning.Tuning | None = None,
@@ -665,14 +707,22 @@ def normuon(
     adamw_eps: AdamW's epsilon (``>= 0``).
     adamw_weight_decay: AdamW's decoupled weight decay (``>= 0``).
     param_labels: ``None`` (use :func:`muon_labels` with this alias's
-      ``batch_axes``), a tree of ``"muon"`` / ``"adamw"`` labels like the
-      params, or a function of the params that returns one (name it in
-      ``static_args`` under ``optax.inject_hyperparams``).
+      ``batch_axes`` and ``matrix_axes``), a tree of ``"muon"`` /
+      ``"adamw"`` labels like the params, or a function of the params that
+      returns one (name it in ``static_args`` under
+      ``optax.inject_hyperparams``).
     mu_dtype: floating dtype of the momentum buffer and of AdamW's first
       moment; ``None`` is the param's dtype promoted to at least float32.
     batch_axes: axes of a leaf that index separate matrices (stacked or
       scanned layers): ``None``, axes for every leaf, or a function
       ``(path, leaf) -> axes``.
+    matrix_axes: the fan-in and fan-out axes of leaves whose layout the
+      default view does not fit: ``None``, a function ``(path, leaf) ->
+      spec or None``, a tree of specs (or ``None``) like the params, or one
+      spec for every leaf; a spec is :class:`optax_muon.MatrixAxes` or
+      ``optax.contrib.MuonDimensionNumbers`` (see
+      :func:`optax_muon.matrix_view`; ``optax_muon.per_head`` orthogonalises
+      attention per head).
     ns_mesh_axis: a mesh axis name (or tuple of names) to split the stacked
       matrices over, so that each device orthogonalises only its share; see
       :func:`scale_by_muon`.
@@ -702,11 +752,12 @@ def normuon(
           momentum, beta2=beta2, nesterov=nesterov,
           ns_steps=ns_steps, ns_coeffs=ns_coeffs, ns_dtype=ns_dtype,
           shape_scale=shape_scale,
-          mu_dtype=mu_dtype, batch_axes=batch_axes, ns_mesh_axis=ns_mesh_axis,
+          mu_dtype=mu_dtype, batch_axes=batch_axes, matrix_axes=matrix_axes,
+          ns_mesh_axis=ns_mesh_axis,
           mesh=mesh, tuning=tuning),
       learning_rate=learning_rate, weight_decay=weight_decay,
       cautious_weight_decay=cautious_weight_decay,
       adamw_learning_rate=adamw_learning_rate, adamw_b1=adamw_b1,
       adamw_b2=adamw_b2, adamw_eps=adamw_eps,
       adamw_weight_decay=adamw_weight_decay, param_labels=param_labels,
-      mu_dtype=mu_dtype, batch_axes=batch_axes)
+      mu_dtype=mu_dtype, batch_axes=batch_axes, matrix_axes=matrix_axes)

@@ -183,13 +183,102 @@ def _symmetric_matmul(a: jax.Array, b: jax.Array, blocks: int,
   return jnp.concatenate(block_rows, axis=-2)
 
 
-def ns_flops(m: int, n: int, ns_steps: int, form: str = "standard") -> int:
+def _dot(a: jax.Array, b: jax.Array, contract: tuple[int, int],
+         precision: jax.lax.Precision, out_dtype) -> jax.Array:
+  """``a . b`` contracting axis ``contract[0]`` of ``a`` (-1 or -2) with axis
+  ``contract[1]`` of ``b``, batched over every leading axis.
+
+  The product accumulates in at least float32 (``preferred_element_type``)
+  and is cast to ``out_dtype`` at once, so a bfloat16 iteration writes no
+  float32 matrix between products. Contracting over the right axes with
+  ``lax.dot_general`` replaces every transpose (``X X^T`` of a wide matrix,
+  ``X^T X`` of a tall one, ``X P`` for a tall ``X``) by a layout choice of
+  the matmul itself.
+  """
+  nb = a.ndim - 2
+  batch = tuple(range(nb))
+  dims = (((a.ndim + contract[0],), (b.ndim + contract[1],)), (batch, batch))
+  acc = jnp.promote_types(a.dtype, jnp.float32)
+  out = jax.lax.dot_general(a, b, dims, precision=precision,
+                            preferred_element_type=acc)
+  return out.astype(out_dtype)
+
+
+def _symmetric_blocks(block_row, k: int, blocks: int) -> jax.Array:
+  """Assembles a symmetric ``k x k`` matrix from its block upper triangle.
+
+  ``block_row(lo, hi)`` returns rows ``lo:hi`` restricted to the columns
+  ``lo:`` (the BLAS ``syrk`` idea: ``(blocks + 1) / (2 blocks)`` of a full
+  product's flops); the blocks below the diagonal are mirrors.
+  """
+  cut = [i * k // blocks for i in range(blocks)] + [k]
+  upper = [block_row(cut[i], cut[i + 1]) for i in range(blocks)]
+  block_rows = []
+  for i in range(blocks):
+    mirrored = [_swap(upper[j][..., :, cut[i] - cut[j]:cut[i + 1] - cut[j]])
+                for j in range(i)]
+    block_rows.append(jnp.concatenate(mirrored + [upper[i]], axis=-1))
+  return jnp.concatenate(block_rows, axis=-2)
+
+
+def _gram(x: jax.Array, tall: bool, blocks: int,
+          precision: jax.lax.Precision, out_dtype) -> jax.Array:
+  """``X X^T`` of a wide ``X`` or ``X^T X`` of a tall one (the small side),
+  without transposing ``X``; ``blocks > 1``: block upper triangle only."""
+  contract = (-2, -2) if tall else (-1, -1)
+  if blocks <= 1:
+    return _dot(x, x, contract, precision, out_dtype)
+  axis = -1 if tall else -2
+  k = x.shape[axis]
+
+  def block_row(lo, hi):
+    rows = jax.lax.slice_in_dim(x, lo, hi, axis=x.ndim + axis)
+    cols = jax.lax.slice_in_dim(x, lo, k, axis=x.ndim + axis)
+    return _dot(rows, cols, contract, precision, out_dtype)
+
+  return _symmetric_blocks(block_row, k, blocks)
+
+
+def _sym_product(a: jax.Array, b: jax.Array, blocks: int,
+                 precision: jax.lax.Precision, out_dtype) -> jax.Array:
+  """``a @ b`` for ``k x k`` matrices whose product is symmetric
+  (polynomials in one Gram matrix commute); ``blocks > 1``: block upper
+  triangle only."""
+  if blocks <= 1:
+    return _dot(a, b, (-1, -2), precision, out_dtype)
+  k = a.shape[-1]
+  return _symmetric_blocks(
+      lambda lo, hi: _dot(a[..., lo:hi, :], b[..., :, lo:], (-1, -2),
+                          precision, out_dtype), k, blocks)
+
+
+def _apply(p: jax.Array, x: jax.Array, tall: bool,
+           precision: jax.lax.Precision, out_dtype) -> jax.Array:
+  """``P X`` for a wide ``X``, ``X P`` for a tall one (``P`` symmetric, so
+  this is ``(P X^T)^T`` without a transpose)."""
+  if tall:
+    return _dot(x, p, (-1, -2), precision, out_dtype)
+  return _dot(p, x, (-1, -2), precision, out_dtype)
+
+
+def _segments(steps: int, restarts: Sequence[int]) -> list[tuple[int, int]]:
+  """``[(start, stop), ...]`` step ranges between Gram-form restarts."""
+  cuts = sorted({r for r in restarts if 0 < r < steps})
+  bounds = [0] + cuts + [steps]
+  return list(zip(bounds[:-1], bounds[1:]))
+
+
+def ns_flops(m: int, n: int, ns_steps: int, form: str = "standard",
+             restarts: Sequence[int] = ()) -> int:
   """Flops of orthogonalising one ``m x n`` matrix (``m <= n`` after the
-  transpose): ``4 m^2 n + 2 m^3`` per standard step; for the Gram form
-  ``4 m^2 n`` at the ends plus ``2 m^3 (4 ns_steps - 3)``."""
+  transpose): ``4 m^2 n + 2 m^3`` per standard step. The Gram form costs
+  ``4 m^2 n`` (``X X^T`` and ``Q X``) per segment between restarts plus
+  ``2 m^3 (4 s - 3)`` for a segment of ``s`` steps; ``restarts`` lists the
+  steps after which it restarts (none: one segment)."""
   m, n = min(m, n), max(m, n)
   if form == "gram":
-    return 4 * m * m * n + 2 * m**3 * (4 * ns_steps - 3)
+    return sum(4 * m * m * n + 2 * m**3 * (4 * (stop - start) - 3)
+               for start, stop in _segments(ns_steps, restarts))
   return ns_steps * (4 * m * m * n + 2 * m**3)
 
 
@@ -206,6 +295,12 @@ class NewtonSchulz:
      otherwise;
   3. for each step ``k``: ``A = X X^T;  B = b_k A + c_k A A;  X = a_k X + B X``;
   4. undo the transpose and cast back to the input dtype.
+
+  (That is the mathematics; the code never transposes -- a tall matrix is
+  iterated as ``A = X^T X; X = X P`` -- computes ``a X + B X`` as one
+  product ``(a I + B) X``, reads ``||G||_F`` off the trace of the first
+  ``A`` and, in bfloat16 or float16, keeps every ``m x n`` iterate in that
+  dtype between products.)
 
   The odd quintic ``p(s) = a s + b s^3 + c s^5`` is applied to every singular
   value; ``"quintic"`` (Jordan et al., 2024) pushes them into about
@@ -240,8 +335,8 @@ class NewtonSchulz:
       backend -- and ``DEFAULT`` for narrower ones. Pass ``DEFAULT`` with
       float32 to allow TF32 on GPUs.
     eps: relative guard of the normalisation.
-    tuning: speed choices (:class:`Tuning`: the Gram form, symmetric block
-      products); they change no result beyond rounding.
+    tuning: speed choices (:class:`Tuning`: the Gram form and its restarts,
+      symmetric block products); they change no result beyond rounding.
 
   Example:
     >>> import jax, jax.numpy as jnp
@@ -296,20 +391,28 @@ class NewtonSchulz:
       return self.precision
     return _precision_for(self.compute_dtype())
 
+  def restarts(self) -> tuple[int, ...]:
+    """Steps after which the Gram form restarts (``Tuning.restarts_for``)."""
+    return self.tuning.restarts_for(self.compute_dtype(), self.steps)
+
   def form_for(self, m: int, n: int) -> str:
-    """``"standard"`` or ``"gram"`` for a wide ``m x n`` matrix."""
+    """``"standard"`` or ``"gram"`` for an ``m x n`` matrix."""
     form = self.tuning.form
     if form != "auto":
       return form
-    # The Gram form squares the condition number of what it iterates on, so
-    # it is used only where the arithmetic really is float32 (or wider).
-    if (jnp.finfo(self.compute_dtype()).bits < 32
-        or self.matmul_precision() != jax.lax.Precision.HIGHEST):
+    if jnp.finfo(self.compute_dtype()).bits < 32:
+      # Half precision: the Gram form with restarts (Dao AI Lab), where the
+      # backend's default allows it (Tuning.gram_in_half).
+      if not self.tuning.half_gram():
+        return "standard"
+    elif (self.matmul_precision() != jax.lax.Precision.HIGHEST
+          or self.steps > self.tuning.gram_max_steps):
+      # The Gram form squares the condition number of what it iterates on:
+      # without restarts, only where the arithmetic really is float32.
       return "standard"
-    if self.steps > self.tuning.gram_max_steps:
-      return "standard"
-    gram = ns_flops(m, n, self.steps, "gram")
-    return "gram" if gram < 0.9 * ns_flops(m, n, self.steps) else "standard"
+    gram = ns_flops(m, n, self.steps, "gram", self.restarts())
+    return ("gram" if gram < self.tuning.gram_max_flops_ratio
+            * ns_flops(m, n, self.steps) else "standard")
 
   def __call__(self, x: ArrayLike) -> jax.Array:
     """Orthogonalises each ``m x n`` matrix of ``x``; same shape and dtype."""
@@ -323,78 +426,108 @@ class NewtonSchulz:
       # direction such (1, m, n) slices): as a plain matrix, XLA's CPU code
       # for the iteration is 7-17% faster on the GPT-like tree's shapes.
       x = x.reshape(shape[-2:])
-    transpose = x.shape[-2] > x.shape[-1]
-    if transpose:
-      x = _swap(x)
     m, n = x.shape[-2:]
+    tall = m > n
     if not jnp.issubdtype(x.dtype, jnp.floating):
       x = x.astype(jnp.float32)
     x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-    if self.form_for(m, n) == "gram":
-      x = self._gram_iteration(_scaled_by_max(x)[0])
+    # One pass over G: divide by its largest entry (so the squares below
+    # neither overflow nor underflow) and cast to the compute dtype. The
+    # Frobenius norm then comes from the trace of the first Gram matrix.
+    x = _scaled_by_max(x)[0].astype(self.compute_dtype())
+    if self.form_for(min(m, n), max(m, n)) == "gram":
+      x = self._gram_iteration(x, tall)
     else:
-      x = normalize_frobenius(x, self.eps, self.norm_scale)
-      x = self._standard_iteration(x.astype(self.compute_dtype()))
-    if transpose:
-      x = _swap(x)
+      x = self._standard_iteration(x, tall)
     return x.astype(out_dtype).reshape(shape)
 
-  def _standard_iteration(self, x: jax.Array) -> jax.Array:
-    """``A = X X^T; B = b A + c A A; X = a X + B X`` on wide ``x``."""
-    cdtype, prec = x.dtype, self.matmul_precision()
-    blocks = self.tuning.blocks_for(x.shape[-2])
-    for a, b, c in self.rows:
-      gram = _symmetric_matmul(x, _swap(x), blocks, prec).astype(cdtype)
-      poly = (b * gram + c * _symmetric_matmul(gram, gram, blocks, prec)
-              ).astype(cdtype)
-      x = (a * x + _matmul(poly, x, prec)).astype(cdtype)
-    return x
-
-  def _gram_iteration(self, x: jax.Array) -> jax.Array:
-    """The same polynomial, iterated on the small ``m x m`` Gram matrix.
-
-    ``x`` is not yet normalised: ``X_0 = x / (norm_scale ||x||_F + eps)``.
-    Every iterate is ``X_k = Q_k X_0`` with ``Q_k`` a polynomial in
-    ``A_0 = X_0 X_0^T``, so all the ``m x m`` matrices commute and
-    ``P_k = a I + b A_k + c A_k^2;  Q_{k+1} = P_k Q_k;
-    A_{k+1} = P_k A_k P_k``. The ``m x n`` matrix is touched twice (``A_0``
-    and ``Q X_0``), which makes a step cost ``8 m^3`` flops instead of
-    ``4 m^2 n + 2 m^3``; the Frobenius norm comes from ``tr(A_0)``.
-
-    Squaring ``X`` squares its condition number: in float32 the smallest
-    singular directions (below about ``1e-3`` of the largest) come out with
-    errors near ``3e-4`` of the result's norm where the standard form's are
-    near ``1e-5``, so :meth:`form_for` picks this form only for float32
-    arithmetic.
-
-    References:
-      "Gram Newton-Schulz: A Fast, Hardware-Aware Newton-Schulz Algorithm
-      for Muon", Dao AI Lab blog, 2026.
-      https://tridao.me/blog/2026/gram-newton-schulz/
-    """
-    cdtype, prec = self.compute_dtype(), self.matmul_precision()
-    x = x.astype(cdtype)
-    m = x.shape[-2]
-    blocks = self.tuning.blocks_for(m)
-    eye = jnp.eye(m, dtype=jnp.float32)
-    gram = _matmul(x, _swap(x), prec)
-    # X_0 = X / d with d = s ||X||_F + eps and ||X||_F^2 = tr(X X^T):
-    # A_0 = X X^T / d^2, and 1 / d is folded into Q at the end.
+  def _first_gram(self, x: jax.Array, tall: bool, blocks: int):
+    """``(A_0, 1 / d)`` for ``X_0 = x / d``, ``d = s ||x||_F + eps``, with
+    ``||x||_F^2 = tr(x x^T)`` read off the Gram matrix (no pass of its own).
+    ``A_0 = x x^T / d^2`` is in the compute dtype."""
+    prec = self.matmul_precision()
+    gram = _gram(x, tall, blocks, prec, jnp.promote_types(x.dtype,
+                                                          jnp.float32))
     d = self.norm_scale * jnp.sqrt(jnp.trace(gram, axis1=-2, axis2=-1))[
         ..., None, None] + self.eps
-    gram = gram / (d * d)
-    q = None
+    return (gram / (d * d)).astype(x.dtype), 1.0 / d
+
+  def _poly(self, a, b, c, gram, blocks, scale=None):
+    """``P = a I + b A + c A^2`` in the compute dtype (times ``scale``)."""
+    cdtype, prec = gram.dtype, self.matmul_precision()
+    acc = jnp.promote_types(cdtype, jnp.float32)
+    eye = jnp.eye(gram.shape[-1], dtype=acc)
+    poly = a * eye + b * gram.astype(acc) + c * _sym_product(
+        gram, gram, blocks, prec, acc)
+    if scale is not None:
+      poly = poly * scale
+    return poly.astype(cdtype)
+
+  def _standard_iteration(self, x: jax.Array, tall: bool) -> jax.Array:
+    """``A = X X^T; P = a I + b A + c A^2; X = P X`` per step.
+
+    ``x`` is the input divided by its largest entry, in the compute dtype.
+    ``a X + (b A + c A^2) X`` is one product ``(a I + b A + c A^2) X``; the
+    normalisation ``1 / d`` is folded into the first step's ``P``. Every
+    product accumulates in float32 and its result is cast to the compute
+    dtype at once: a bfloat16 iteration keeps its ``m x n`` iterates in
+    bfloat16 from the first product to the last. A tall matrix is iterated
+    as ``A = X^T X; X = X P`` (no transposes).
+    """
+    cdtype, prec = x.dtype, self.matmul_precision()
+    blocks = self.tuning.blocks_for(min(x.shape[-2:]))
+    gram, inv_d = self._first_gram(x, tall, blocks)
     for k, (a, b, c) in enumerate(self.rows):
-      g = gram.astype(cdtype)
-      poly = a * eye + b * gram + c * _symmetric_matmul(g, g, blocks, prec)
-      p = poly.astype(cdtype)
-      q = poly if q is None else _symmetric_matmul(
-          p, q.astype(cdtype), blocks, prec)
-      if k + 1 < len(self.rows):
-        gram = _symmetric_matmul(
-            _symmetric_matmul(p, g, blocks, prec).astype(cdtype), p, blocks,
-            prec)
-    return _matmul((q / d).astype(cdtype), x, prec).astype(cdtype)
+      if k:
+        gram = _gram(x, tall, blocks, prec, cdtype)
+      poly = self._poly(a, b, c, gram, blocks, inv_d if k == 0 else None)
+      x = _apply(poly, x, tall, prec, cdtype)
+    return x
+
+  def _gram_iteration(self, x: jax.Array, tall: bool) -> jax.Array:
+    """The same polynomial, iterated on the small ``m x m`` Gram matrix.
+
+    ``x`` is the input divided by its largest entry, in the compute dtype,
+    not yet normalised: ``X_0 = x / (norm_scale ||x||_F + eps)``. Within a
+    segment every iterate is ``X_k = Q_k X_s`` (``X_s``: the iterate at the
+    segment's start) with ``Q_k`` a polynomial in ``A_s = X_s X_s^T``, so
+    all the ``m x m`` matrices commute and ``P_k = a I + b A_k + c A_k^2;
+    Q_{k+1} = P_k Q_k; A_{k+1} = P_k A_k P_k``. The ``m x n`` matrix is
+    touched twice per segment (``A_s`` and ``Q X_s``): a segment of ``s``
+    steps costs ``4 m^2 n + 2 m^3 (4 s - 3)`` flops instead of
+    ``s (4 m^2 n + 2 m^3)``.
+
+    Squaring ``X`` squares its condition number, and in half precision the
+    Gram iterates drift (spurious negative eigenvalues, eigenvectors that
+    wander; Dao AI Lab). A *restart* -- ``X = Q X``, then a fresh
+    ``A = X X^T`` and ``Q = I`` -- after the steps listed by
+    :meth:`restarts` (after step 3 of 5 for bfloat16 and float16 by default)
+    bounds that drift; float32 runs one segment.
+
+    References:
+      Dao, Zhang, Amsel, Chen, "Gram Newton-Schulz: A Fast, Hardware-Aware
+      Newton-Schulz Algorithm for Muon", Dao AI Lab blog, 2026.
+      https://tridao.me/blog/2026/gram-newton-schulz/
+    """
+    cdtype, prec = x.dtype, self.matmul_precision()
+    blocks = self.tuning.blocks_for(min(x.shape[-2:]))
+    for start, stop in _segments(self.steps, self.restarts()):
+      if start == 0:
+        gram, scale = self._first_gram(x, tall, blocks)
+      else:
+        gram, scale = _gram(x, tall, blocks, prec, cdtype), None
+      q = None
+      for k in range(start, stop):
+        a, b, c = self.rows[k]
+        poly = self._poly(a, b, c, gram, blocks)
+        q = poly if q is None else _sym_product(poly, q, blocks, prec, cdtype)
+        if k + 1 < stop:
+          gram = _sym_product(_sym_product(poly, gram, blocks, prec, cdtype),
+                              poly, blocks, prec, cdtype)
+      if scale is not None:
+        q = (q * scale).astype(cdtype)
+      x = _apply(q, x, tall, prec, cdtype)
+    return x
 
 
 def orthogonalize(

@@ -105,6 +105,7 @@ def scale_by_muon_family(
     shape_scale: str = "spectral",
     mu_dtype: DTypeLike | None = None,
     batch_axes: _matrix.BatchAxes = None,
+    matrix_axes: _matrix.MatrixAxesArg = None,
     ns_mesh_axis: _mesh.MeshAxis = None,
     mesh: jax.sharding.Mesh | None = None,
     tuning: _tuning.Tuning | None = None,
@@ -137,9 +138,10 @@ def scale_by_muon_family(
   tuning = _tuning.resolve(tuning)
   plan = _mesh.MeshPlan(ns_mesh_axis, mesh)
   who = f"scale_by_{direction.name}"
+  matrix_axes = _matrix.resolve_matrix_axes(matrix_axes)
 
   def views_of(leaves_with_paths):
-    return [_matrix.matrix_view(p, x, batch_axes, who)
+    return [_matrix.matrix_view(p, x, batch_axes, who, matrix_axes)
             for p, x in leaves_with_paths]
 
   def init_fn(params):

@@ -46,6 +46,7 @@ def scale_by_muon(
     shape_scale: str = "spectral",
     mu_dtype: DTypeLike | None = None,
     batch_axes: _matrix.BatchAxes = None,
+    matrix_axes: _matrix.MatrixAxesArg = None,
     ns_mesh_axis: _mesh.MeshAxis = None,
     mesh: jax.sharding.Mesh | None = None,
     tuning: _tuning.Tuning | None = None,
@@ -83,6 +84,13 @@ def scale_by_muon(
     batch_axes: axes of a leaf that index separate matrices (stacked or
       scanned layers): ``None``, axes for every leaf, or a function
       ``(path, leaf) -> axes``.
+    matrix_axes: the fan-in and fan-out axes of leaves whose layout the
+      default view does not fit: ``None``, a function ``(path, leaf) ->
+      spec or None``, a tree of specs (or ``None``) like the params, or one
+      spec for every leaf; a spec is :class:`optax_muon.MatrixAxes` or
+      ``optax.contrib.MuonDimensionNumbers`` (see
+      :func:`optax_muon.matrix_view`; ``optax_muon.per_head`` orthogonalises
+      attention per head).
     ns_mesh_axis: a mesh axis name (or tuple of names) to split the stacked
       matrices over: each stack of same-shape matrices is padded to a
       multiple of the axis size and sharded along it, so each device
@@ -103,7 +111,8 @@ def scale_by_muon(
       steps=ns_steps, coeffs=ns_coeffs, dtype=ns_dtype, tuning=tuning))
   return _skeleton.scale_by_muon_family(
       direction, momentum=momentum, nesterov=nesterov, shape_scale=shape_scale,
-      mu_dtype=mu_dtype, batch_axes=batch_axes, ns_mesh_axis=ns_mesh_axis,
+      mu_dtype=mu_dtype, batch_axes=batch_axes, matrix_axes=matrix_axes,
+      ns_mesh_axis=ns_mesh_axis,
       mesh=mesh, tuning=tuning)
 
 
@@ -199,6 +208,7 @@ def scale_by_adamuon(
     shape_scale: str = "spectral",
     mu_dtype: DTypeLike | None = None,
     batch_axes: _matrix.BatchAxes = None,
+    matrix_axes: _matrix.MatrixAxesArg = None,
     ns_mesh_axis: _mesh.MeshAxis = None,
     mesh: jax.sharding.Mesh | None = None,
     tuning: _tuning.Tuning | None = None,
@@ -256,6 +266,8 @@ def scale_by_adamuon(
       dtype promoted to at least float32.
     batch_axes: axes of a leaf that index separate matrices; see
       :func:`scale_by_muon`.
+    matrix_axes: fan-in and fan-out axes of leaves; see
+      :func:`scale_by_muon`.
     ns_mesh_axis: mesh axis name(s) to split the stacked matrices over; see
       :func:`scale_by_muon`.
     mesh: the mesh for ``ns_mesh_axis``; ``None`` uses the ambient mesh.
@@ -275,7 +287,8 @@ def scale_by_adamuon(
       beta2=beta2, eps=eps, bias_correction=bias_correction)
   return _skeleton.scale_by_muon_family(
       direction, momentum=momentum, nesterov=nesterov, shape_scale=shape_scale,
-      mu_dtype=mu_dtype, batch_axes=batch_axes, ns_mesh_axis=ns_mesh_axis,
+      mu_dtype=mu_dtype, batch_axes=batch_axes, matrix_axes=matrix_axes,
+      ns_mesh_axis=ns_mesh_axis,
       mesh=mesh, tuning=tuning)
 
 
@@ -418,6 +431,7 @@ def scale_by_mommuon(
     shape_scale: str = "spectral",
     mu_dtype: DTypeLike | None = None,
     batch_axes: _matrix.BatchAxes = None,
+    matrix_axes: _matrix.MatrixAxesArg = None,
     ns_mesh_axis: _mesh.MeshAxis = None,
     mesh: jax.sharding.Mesh | None = None,
     tuning: _tuning.Tuning | None = None,
@@ -512,6 +526,8 @@ def scale_by_mommuon(
       dtype promoted to at least float32.
     batch_axes: axes of a leaf that index separate matrices; see
       :func:`scale_by_muon`.
+    matrix_axes: fan-in and fan-out axes of leaves; see
+      :func:`scale_by_muon`.
     ns_mesh_axis: mesh axis name(s) to split the stacked matrices over; see
       :func:`scale_by_muon`.
     mesh: the mesh for ``ns_mesh_axis``; ``None`` uses the ambient mesh.
@@ -535,7 +551,8 @@ def scale_by_mommuon(
       ns_average=ns_average, ns_damping=ns_damping, ns_rescale=ns_rescale)
   return _skeleton.scale_by_muon_family(
       direction, momentum=momentum, nesterov=nesterov, shape_scale=shape_scale,
-      mu_dtype=mu_dtype, batch_axes=batch_axes, ns_mesh_axis=ns_mesh_axis,
+      mu_dtype=mu_dtype, batch_axes=batch_axes, matrix_axes=matrix_axes,
+      ns_mesh_axis=ns_mesh_axis,
       mesh=mesh, tuning=tuning)
 
 
@@ -564,6 +581,7 @@ def scale_by_ogsignmuon(
     shape_scale: str = "spectral",
     mu_dtype: DTypeLike | None = None,
     batch_axes: _matrix.BatchAxes = None,
+    matrix_axes: _matrix.MatrixAxesArg = None,
     ns_mesh_axis: _mesh.MeshAxis = None,
     mesh: jax.sharding.Mesh | None = None,
     tuning: _tuning.Tuning | None = None,
@@ -603,6 +621,8 @@ def scale_by_ogsignmuon(
       dtype promoted to at least float32.
     batch_axes: axes of a leaf that index separate matrices; see
       :func:`scale_by_muon`.
+    matrix_axes: fan-in and fan-out axes of leaves; see
+      :func:`scale_by_muon`.
     ns_mesh_axis: mesh axis name(s) to split the stacked matrices over; see
       :func:`scale_by_muon`.
     mesh: the mesh for ``ns_mesh_axis``; ``None`` uses the ambient mesh.
@@ -617,7 +637,8 @@ def scale_by_ogsignmuon(
       steps=ns_steps, coeffs=ns_coeffs, dtype=ns_dtype, tuning=tuning))
   return _skeleton.scale_by_muon_family(
       direction, momentum=momentum, nesterov=nesterov, shape_scale=shape_scale,
-      mu_dtype=mu_dtype, batch_axes=batch_axes, ns_mesh_axis=ns_mesh_axis,
+      mu_dtype=mu_dtype, batch_axes=batch_axes, matrix_axes=matrix_axes,
+      ns_mesh_axis=ns_mesh_axis,
       mesh=mesh, tuning=tuning)
 
 
@@ -674,6 +695,7 @@ def scale_by_normuon(
     shape_scale: str = "spectral",
     mu_dtype: DTypeLike | None = None,
     batch_axes: _matrix.BatchAxes = None,
+    matrix_axes: _matrix.MatrixAxesArg = None,
     ns_mesh_axis: _mesh.MeshAxis = None,
     mesh: jax.sharding.Mesh | None = None,
     tuning: _tuning.Tuning | None = None,
@@ -708,6 +730,8 @@ def scale_by_normuon(
       dtype promoted to at least float32.
     batch_axes: axes of a leaf that index separate matrices; see
       :func:`scale_by_muon`.
+    matrix_axes: fan-in and fan-out axes of leaves; see
+      :func:`scale_by_muon`.
     ns_mesh_axis: mesh axis name(s) to split the stacked matrices over; see
       :func:`scale_by_muon`.
     mesh: the mesh for ``ns_mesh_axis``; ``None`` uses the ambient mesh.
@@ -725,5 +749,6 @@ def scale_by_normuon(
       beta2=beta2)
   return _skeleton.scale_by_muon_family(
       direction, momentum=momentum, nesterov=nesterov, shape_scale=shape_scale,
-      mu_dtype=mu_dtype, batch_axes=batch_axes, ns_mesh_axis=ns_mesh_axis,
+      mu_dtype=mu_dtype, batch_axes=batch_axes, matrix_axes=matrix_axes,
+      ns_mesh_axis=ns_mesh_axis,
       mesh=mesh, tuning=tuning)

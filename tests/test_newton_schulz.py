@@ -7,6 +7,8 @@ they mean the same on CPU, GPU and TPU; tolerances of bfloat16 compute follow
 from its 8-bit mantissa.
 """
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -113,8 +115,9 @@ def test_auto_form_is_gram_when_cheaper_in_float32_only():
   auto = om.orthogonalize(x, dtype=jnp.float32)
   np.testing.assert_array_equal(
       auto, om.orthogonalize(x, dtype=jnp.float32, form="gram"))
+  no_half_gram = om.Tuning(gram_in_half=False)  # the CPU default
   np.testing.assert_array_equal(
-      om.orthogonalize(x, dtype=jnp.bfloat16),
+      om.NewtonSchulz(dtype=jnp.bfloat16, tuning=no_half_gram)(x),
       om.orthogonalize(x, dtype=jnp.bfloat16, form="standard"))
   square = _rand((24, 24), seed=4)
   np.testing.assert_array_equal(
@@ -127,6 +130,9 @@ def test_ns_flops_counts():
   assert om.ns_flops(m, n, k) == k * (4 * m * m * n + 2 * m**3)
   assert om.ns_flops(n, m, k) == om.ns_flops(m, n, k)  # tall = its transpose
   assert om.ns_flops(m, n, k, "gram") == 4 * m * m * n + 2 * m**3 * (4 * k - 3)
+  # a restart after step 2: two segments (2 and 3 steps), each touching X
+  assert om.ns_flops(m, n, k, "gram", (2,)) == (
+      8 * m * m * n + 2 * m**3 * (5 + 9))
 
 
 
@@ -213,15 +219,100 @@ def test_float32_means_highest_precision_in_every_matmul(form):
                       for p, d in dots), dots
 
 
-def test_auto_never_picks_gram_without_float32_arithmetic():
+def _hlo_ops(text):
+  """``[(name, op, operand names, types)]`` of a lowered module (operand
+  types first where printed, the result's last)."""
+  ops = []
+  for line in text.splitlines():
+    m = re.match(r"\s*(%[\w#]+) = (?:stablehlo|chlo)\.(\w+)(.*)", line)
+    if m:
+      types = re.findall(r"tensor<([^>]*)>", m.group(3))
+      ops.append((m.group(1), m.group(2), re.findall(r"%[\w#]+", m.group(3)),
+                  types or [""]))
+  return ops
+
+
+@pytest.mark.parametrize("shape", [(2, 64, 256), (256, 64)])
+def test_bfloat16_standard_iteration_hlo_has_no_float32_iterates(shape):
+  """Between the first and the last product, no ``m x n`` float32 tensor
+  exists except a product's float32 accumulator, whose only use is its cast
+  to bfloat16 (so nothing float32 of the matrix's size is computed on or
+  written); every product multiplies bfloat16 operands; the normalisation
+  adds no pass of its own (one ``max`` reduction before the products); a
+  tall matrix is iterated without a transpose."""
+  ns = om.NewtonSchulz(dtype=jnp.bfloat16,
+                       tuning=om.Tuning(form="standard", symmetric_blocks=1))
+  text = jax.jit(ns).lower(jnp.zeros(shape, jnp.float32)).as_text()
+  ops = _hlo_ops(text)
+  dots = [i for i, o in enumerate(ops) if o[1] == "dot_general"]
+  assert len(dots) == 3 * 5  # A, A A and P X per step: nothing else
+  assert "stablehlo.transpose" not in text
+  matrix = "x".join(str(d) for d in shape[-2:]) + "xf32"
+  users = {}
+  for name, _, args, _ in ops:
+    for a in args:
+      users.setdefault(a, []).append(name)
+  kind = {name: op for name, op, _, _ in ops}
+  for name, op, _, types in ops[dots[0]:dots[-1] + 1]:
+    if op == "dot_general":
+      assert all(t.endswith("xbf16") for t in types[:2]), (name, types)
+    if types[-1].endswith(matrix):
+      assert op == "dot_general", (name, op)
+      assert [kind[u] for u in users[name]] == ["convert"], (name, users[name])
+  # the one pass before the products: |G|'s max, then G / max cast to bf16
+  assert [o[1] for o in ops[:dots[0]]].count("reduce") == 1
+
+
+def test_auto_picks_gram_without_restarts_only_in_float32():
+  """Without restarts the Gram form needs float32 arithmetic; half
+  precision gets it only with ``gram_in_half`` (and then restarts)."""
   wide = om.NewtonSchulz(dtype=jnp.float32)
   assert wide.form_for(24, 96) == "gram"
-  assert om.NewtonSchulz(dtype=jnp.bfloat16).form_for(24, 96) == "standard"
+  assert om.NewtonSchulz(dtype=jnp.bfloat16, tuning=om.Tuning(
+      gram_in_half=False)).form_for(24, 96) == "standard"
   tf32 = om.NewtonSchulz(dtype=jnp.float32,
                          precision=jax.lax.Precision.DEFAULT)
   assert tf32.form_for(24, 96) == "standard"
   assert om.NewtonSchulz(dtype=jnp.float32, steps=8).form_for(
       24, 96) == "standard"  # more steps than gram_max_steps
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_gram_restarts_match_reference(dtype):
+  """A restart (``X = Q X``, fresh Gram matrix, ``Q = I``) changes nothing
+  but rounding: restarted after steps 1, 2 or 3, wide and tall (no
+  transposes), the Gram form is the reference's iteration."""
+  tol = 1e-5 if dtype == jnp.float32 else 0.1
+  for i, shape in enumerate([(24, 80), (80, 24), (2, 16, 48)]):
+    x = _rand(shape, seed=40 + i)
+    want = _reference(x)
+    for restarts in ((1,), (2,), (1, 3)):
+      ns = om.NewtonSchulz(dtype=dtype, tuning=om.Tuning(
+          form="gram", gram_restarts=restarts))
+      assert _rel_err(ns(x), want) < tol, (shape, restarts)
+
+
+def test_half_precision_gram_form_restarts_and_wins_by_shape():
+  """Tuning resolves the Gram form's backend defaults: in half precision
+  segments of at most 3 steps, the last of at most 2; none in float32;
+  "auto" picks the Gram form in half precision where allowed (GPU/TPU by
+  default) and only where it has fewer flops."""
+  assert om.NewtonSchulz(dtype=jnp.bfloat16).restarts() == (3,)
+  assert om.NewtonSchulz(dtype=jnp.float16, steps=8).restarts() == (3, 6)
+  assert om.NewtonSchulz(dtype=jnp.bfloat16, steps=2).restarts() == ()
+  assert om.NewtonSchulz(dtype=jnp.float32).restarts() == ()
+  half = om.NewtonSchulz(dtype=jnp.bfloat16,
+                         tuning=om.Tuning(gram_in_half=True))
+  assert half.form_for(768, 3072) == "gram"  # fc: 0.67x the flops
+  assert half.form_for(768, 768) == "standard"  # square: more flops
+  assert om.NewtonSchulz(dtype=jnp.bfloat16, tuning=om.Tuning(
+      gram_in_half=False)).form_for(768, 3072) == "standard"
+  want = jax.default_backend() != "cpu"
+  assert om.Tuning().half_gram() == want
+  with pytest.raises(ValueError, match="gram_restarts"):
+    om.Tuning(gram_restarts=(0,))
+  with pytest.raises(ValueError, match="gram_in_half"):
+    om.Tuning(gram_in_half="yes")
 
 
 def test_inverse_sqrt_matches_numpy():
@@ -268,9 +359,11 @@ def test_symmetric_matmul_is_the_product(blocks):
 
 
 @pytest.mark.parametrize("form", ["standard", "gram"])
-@pytest.mark.parametrize("blocks", [2, 3, 4])
+@pytest.mark.parametrize("blocks", [3, 4])
 def test_symmetric_blocks_match_reference(blocks, form):
-  """The CPU default for m >= 256, asked for here on small matrices."""
+  """The CPU default (4 blocks) for m >= 256, asked for here on small
+  matrices, and an uneven split (3 blocks of 24 or 30 rows: 8/8/8, 10/10/10;
+  test_symmetric_matmul_is_the_product covers 2 and uneven block sizes)."""
   tuning = om.Tuning(form=form, symmetric_blocks=blocks)
   for i, shape in enumerate([(24, 80), (80, 24), (3, 24, 64), (30, 30)]):
     x = _rand(shape, seed=30 + i)

@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 import optax_muon as om
 from tests._tolerances import dtype_name
 
-SETTINGS = settings(max_examples=25, deadline=None)
+SETTINGS = settings(max_examples=12, deadline=None)
 
 DIMS = (1, 2, 3, 5, 8)
 KINDS = ("row", "col", "tall", "wide", "square", "conv", "stacked")

@@ -22,8 +22,11 @@ import optax_muon as om
 from tests import reference as ref
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-WORKER_ALIASES = ["muon", "adamuon", "mommuon_every_2", "mommuon_gram",
-                  "ogsignmuon", "normuon"]
+# One alias per kind of extra state and its placement: none (Muon; OGSignMuon
+# is the same skeleton), a scalar per matrix (AdaMuon), a k x k matrix at the
+# small side (MomMuon; its Gram averaging adds a second one of that shape),
+# a vector along fan-out (NorMuon).
+WORKER_ALIASES = ["muon", "adamuon", "mommuon_every_2", "normuon"]
 SCALE_BY = [om.scale_by_muon, om.scale_by_adamuon, om.scale_by_mommuon,
             om.scale_by_ogsignmuon, om.scale_by_normuon]
 ALIASES = [om.muon, om.adamuon, om.mommuon, om.ogsignmuon, om.normuon]
