@@ -215,7 +215,7 @@ def build(args, params, grads):
   c["om.adamuon"] = Stepper(om.adamuon(), params, grads)
   c["om.ogsignmuon"] = Stepper(om.ogsignmuon(), params, grads)
   c["om.normuon"] = Stepper(om.normuon(), params, grads)
-  c["om.mommuon"] = Stepper(om.mommuon(), params, grads)
+  c["om.mommuon"] = Stepper(om.mommuon(ns_every=1), params, grads)  # refresh every step
   c["om.mommuon(ns_every=10)"] = Stepper(
       om.mommuon(ns_every=10), params, grads, steps_per_call=10)
   c["om.muon ns_dtype=f32"] = Stepper(

@@ -127,6 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
       "most this (default: AdamW's final train loss when adamw runs, else "
       "the highest final train loss of the runs)")
   parser.add_argument(
+      "--qk-clip", type=float, default=None, metavar="TAU",
+      help="lm: chain optax_muon.qk_clip(TAU) after every optimizer (MuonClip:"
+      " rescale a head's query and key kernels when its max attention logit "
+      "exceeds TAU)")
+  parser.add_argument(
       "--progress", action=argparse.BooleanOptionalAction, default=None,
       help="progress bar (default: on a terminal)")
   return parser
@@ -421,13 +426,18 @@ def main(argv=None) -> dict:
     tx = opt_registry.build(name, lr, options, adamw_learning_rate=adamw_lr)
     result = training.train(
         task, tx, steps=steps, seed=args.seed, name=name, learning_rate=lr,
-        options=options, num_evals=args.num_evals, progress=args.progress)
+        options=options, num_evals=args.num_evals, progress=args.progress,
+        qk_clip=args.qk_clip)
     results.append(result)
     rate = (f", {result.items_per_second:,.0f} {task.item_name}/s"
             if math.isfinite(result.items_per_second) else "")
+    logit = ""
+    if result.max_logit_history:
+      top = max(v for _, v in result.max_logit_history)
+      logit = f", max attention logit {top:.1f}"
     print(f"  {name} lr={lr:.3g}: final train loss "
           f"{result.final_train_loss:.4f}, {task.metric} "
-          f"{result.eval_metric:.4f} ({result.seconds:.1f} s{rate})",
+          f"{result.eval_metric:.4f} ({result.seconds:.1f} s{rate}{logit})",
           flush=True)
 
   target = pick_target(results, args.target_loss, args.lr_sweep)
@@ -458,6 +468,7 @@ def main(argv=None) -> dict:
       "command": "python examples/compare.py " + shlex.join(
           sys.argv[1:] if argv is None else list(argv)),
       "lr_sweep": bool(args.lr_sweep),
+      "qk_clip": args.qk_clip,
       "date": time.strftime("%Y-%m-%d %H:%M:%S"),
   }
   (out / "results.json").write_text(to_json_text(record))

@@ -26,6 +26,7 @@ from typing import Any
 import optax
 
 import optax_muon as om
+from examples.studies.ogsign_spectral import ogsignmuon_spectral
 
 
 def adamw(learning_rate: optax.ScalarOrSchedule, *, b1: float = 0.9,
@@ -56,13 +57,18 @@ OPTIMIZERS: dict[str, tuple[Alias, dict[str, Any]]] = {
                            "cautious_weight_decay": True}),
     # Moonlight's update RMS matching: AdamW's learning rate transfers.
     "muon_rms": (om.muon, {"shape_scale": "rms"}),
-    # MomMuon's options (README: "MomMuon: what we measured").
-    "mommuon_b0": (om.mommuon, {"ns_beta": 0.0}),
+    # MomMuon's options (README: "MomMuon: what we measured"). The seed's
+    # exact form: average the inverse square roots, refresh every step, no
+    # rescale.
+    "mommuon_seed": (om.mommuon, {
+        "ns_average": "preconditioner", "ns_beta": 0.9, "ns_every": 1,
+        "ns_rescale": False}),
     "mommuon_every10": (om.mommuon, {"ns_every": 10}),
-    "mommuon_gram": (om.mommuon, {"ns_average": "gram"}),
-    "mommuon_gram_every10": (om.mommuon, {"ns_average": "gram", "ns_every": 10}),
-    "mommuon_gram_every10_damped": (om.mommuon, {
-        "ns_average": "gram", "ns_every": 10, "ns_damping": 0.1}),
+    "mommuon_every1": (om.mommuon, {"ns_every": 1}),
+    "mommuon_norescale": (om.mommuon, {"ns_rescale": False}),
+    # OGSignMuon with Muon's spectral norm restored (study, not the library's:
+    # README "OGSignMuon: why it trails").
+    "ogsignmuon_spectral": (ogsignmuon_spectral, {}),
 }
 
 #: The five optimizers of the comparison (the default ``--optimizers``).
@@ -73,8 +79,15 @@ def _alias_name(alias: Alias) -> str:
   return alias.__name__
 
 
+def base_name(name: str) -> str:
+  """``"mommuon~every10"`` -> ``"mommuon"``: a ``~TAG`` suffix names one more
+  run of the same preset, so one call can compare several settings of it
+  (each with its own ``--opt``/``--lr``)."""
+  return name.split("~", 1)[0]
+
+
 def check_name(name: str) -> None:
-  if name not in OPTIMIZERS:
+  if base_name(name) not in OPTIMIZERS:
     raise ValueError(
         f"Unknown optimizer {name!r}: choose from {', '.join(OPTIMIZERS)}.")
 
@@ -88,9 +101,9 @@ def default_lr(name: str, learning_rates: Mapping[str, float],
   (``muon_pe`` -> ``muon``); the task's ``"muon"`` entry.
   """
   check_name(name)
-  if name in learning_rates:
-    return float(learning_rates[name])
-  alias, defaults = OPTIMIZERS[name]
+  if base_name(name) in learning_rates:
+    return float(learning_rates[base_name(name)])
+  alias, defaults = OPTIMIZERS[base_name(name)]
   kwargs = {**defaults, **(options or {})}
   if alias is adamw or kwargs.get("shape_scale") == "rms":
     return float(learning_rates["adamw"])
@@ -102,7 +115,7 @@ def options_for(name: str, overrides: Mapping[str, Any] | None = None
   """The preset's keyword arguments with ``overrides`` on top, checked
   against the alias's signature."""
   check_name(name)
-  alias, defaults = OPTIMIZERS[name]
+  alias, defaults = OPTIMIZERS[base_name(name)]
   kwargs = {**defaults, **(overrides or {})}
   accepted = [p for p in inspect.signature(alias).parameters
               if p != "learning_rate"]
@@ -121,7 +134,7 @@ def build(name: str, learning_rate: float, options: Mapping[str, Any],
   A Muon-family optimizer's AdamW part gets ``adamw_learning_rate`` unless
   ``options`` sets ``adamw_learning_rate`` itself.
   """
-  alias, _ = OPTIMIZERS[name]
+  alias, _ = OPTIMIZERS[base_name(name)]
   kwargs = dict(options)
   if alias is not adamw:
     kwargs.setdefault("adamw_learning_rate", adamw_learning_rate)

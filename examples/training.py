@@ -10,6 +10,7 @@ coordinate MLP and the GPT, under AdamW and every Muon-family optimizer.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -20,6 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+
+import optax_muon as om
 
 #: The training loss reported as ``final_train_loss``: the mean over this many
 #: last steps (mini-batch losses are noisy; a full-batch task is smooth anyway).
@@ -52,6 +55,12 @@ class Task:
     item_name: ``"tokens"``, ``"images"``, ...
     options: the model and data settings the task was built with (preset,
       batch size, compute dtype, ...), recorded in ``results.json``.
+    max_logits_loss: for attention models, ``(model, batch) -> (loss,
+      max_logits)`` with ``max_logits`` as :func:`optax_muon.qk_clip` takes
+      it (attention module path -> per-head largest pre-softmax logit); the
+      run then records the largest logit of every step and can QK-clip.
+    qk_names: ``(query_names, key_names)`` of the attention projections,
+      for :func:`optax_muon.qk_clip`.
   """
 
   name: str
@@ -69,6 +78,9 @@ class Task:
   items_per_step: int = 0
   item_name: str = "examples"
   options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  max_logits_loss: Callable[[nnx.Module, Any], tuple[jax.Array, Any]] | None = (
+      None)
+  qk_names: tuple[tuple[str, ...], tuple[str, ...]] | None = None
 
 
 @dataclasses.dataclass
@@ -87,6 +99,10 @@ class RunResult:
   items_per_second: float = math.nan
   item_name: str = "examples"
   steps_to_target: int | None = None
+  # (step, largest pre-softmax attention logit of the step), attention tasks
+  max_logit_history: list[tuple[int, float]] = dataclasses.field(
+      default_factory=list)
+  qk_clip: float | None = None
 
   @property
   def final_train_loss(self) -> float:
@@ -114,6 +130,11 @@ class RunResult:
         f"{self.item_name}_per_second": _finite_or_none(
             self.items_per_second),
         "steps_to_target": self.steps_to_target,
+        **({"max_logit_history": [[s, _finite_or_none(v)]
+                                  for s, v in self.max_logit_history],
+            "max_logit": _finite_or_none(max(
+                (v for _, v in self.max_logit_history), default=math.nan)),
+            "qk_clip": self.qk_clip} if self.max_logit_history else {}),
     }
 
 
@@ -203,6 +224,27 @@ def make_train_step(loss: Callable[[nnx.Module, Any], jax.Array]):
   return train_step
 
 
+def make_max_logits_train_step(
+    loss: Callable[[nnx.Module, Any], tuple[jax.Array, Any]], clip: bool):
+  """The jitted step of an attention task: ``step(model, optimizer, batch)
+  -> (loss, largest logit)``; with ``clip`` the optimizer (chained with
+  :func:`optax_muon.qk_clip`) gets the step's ``max_logits``."""
+
+  @nnx.jit
+  def train_step(model, optimizer, batch):
+    (value, max_logits), grads = nnx.value_and_grad(loss, has_aux=True)(
+        model, batch)
+    if clip:
+      optimizer.update(model, grads, max_logits=max_logits)
+    else:
+      optimizer.update(model, grads)
+    top = functools.reduce(jnp.maximum,
+                           [jnp.max(m) for m in max_logits.values()])
+    return value, top
+
+  return train_step
+
+
 def eval_steps(steps: int, num_evals: int) -> list[int]:
   """``num_evals`` evenly spaced steps ending at ``steps`` (the final one
   always included)."""
@@ -214,7 +256,8 @@ def eval_steps(steps: int, num_evals: int) -> list[int]:
 def train(task: Task, tx: optax.GradientTransformation, *, steps: int,
           seed: int, name: str, learning_rate: float,
           options: Mapping[str, Any] | None = None, num_evals: int = 10,
-          progress: bool | None = None) -> RunResult:
+          progress: bool | None = None,
+          qk_clip: float | None = None) -> RunResult:
   """Trains a fresh model from ``task`` with ``tx`` for ``steps`` steps.
 
   Args:
@@ -229,6 +272,8 @@ def train(task: Task, tx: optax.GradientTransformation, *, steps: int,
     num_evals: how many times to evaluate the metric (the last after the final
       step).
     progress: show a tqdm bar; ``None`` shows it only on a terminal.
+    qk_clip: chain :func:`optax_muon.qk_clip` with this ``tau`` after the
+      optimizer and its schedule (attention tasks only).
 
   Returns:
     A :class:`RunResult` with the loss of every step and the metric at each
@@ -238,10 +283,20 @@ def train(task: Task, tx: optax.GradientTransformation, *, steps: int,
 
   start, cpu_start = time.perf_counter(), time.process_time()
   model = task.make_model(nnx.Rngs(seed))
-  optimizer = nnx.Optimizer(
-      model, with_schedule(tx, steps, task.warmup, task.cooldown),
-      wrt=nnx.Param)
-  train_step = make_train_step(task.loss)
+  tx = with_schedule(tx, steps, task.warmup, task.cooldown)
+  if qk_clip is not None:
+    if task.max_logits_loss is None or task.qk_names is None:
+      raise ValueError(f"--qk-clip: the {task.name} task has no attention.")
+    tx = optax.chain(tx, om.qk_clip(qk_clip, query_names=task.qk_names[0],
+                                    key_names=task.qk_names[1]))
+  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+  tracks_logits = task.max_logits_loss is not None
+  if tracks_logits:
+    train_step = make_max_logits_train_step(task.max_logits_loss,
+                                            clip=qk_clip is not None)
+  else:
+    train_step = make_train_step(task.loss)
+  max_logits: list[tuple[int, jax.Array]] = []
   batches = task.batches(np.random.default_rng(seed))
   evals = set(eval_steps(steps, num_evals))
 
@@ -263,6 +318,9 @@ def train(task: Task, tx: optax.GradientTransformation, *, steps: int,
   for step in range(1, steps + 1):
     batch = next(batches)
     loss = train_step(model, optimizer, batch)
+    if tracks_logits:
+      loss, top = loss
+      max_logits.append((step, top))
     pending.append((step, loss))
     if step == 1 or step % 10 == 0 or step in evals or step == steps:
       flush()  # waits for the step to finish
@@ -280,6 +338,7 @@ def train(task: Task, tx: optax.GradientTransformation, *, steps: int,
   flush()
   bar.close()
   timed = steps - 1
+  max_logit_history = [(s, float(v)) for s, v in jax.device_get(max_logits)]
   return RunResult(
       optimizer=name, learning_rate=float(learning_rate),
       options=dict(options or {}), history=history,
@@ -290,4 +349,5 @@ def train(task: Task, tx: optax.GradientTransformation, *, steps: int,
       items_per_second=(task.items_per_step * timed / step_seconds
                         if timed and task.items_per_step and step_seconds > 0
                         else math.nan),
-      item_name=task.item_name)
+      item_name=task.item_name, max_logit_history=max_logit_history,
+      qk_clip=qk_clip)

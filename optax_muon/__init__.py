@@ -33,6 +33,7 @@ from optax_muon._newton_schulz import (
     ns_flops,
     orthogonalize,
 )
+from optax_muon._qk_clip import qk_clip
 from optax_muon._skeleton import ScaleByMuonState
 from optax_muon._tuning import Tuning
 from optax_muon._variants import (
@@ -80,6 +81,7 @@ __all__ = (
     "ogsignmuon",
     "orthogonalize",
     "per_head",
+    "qk_clip",
     "scale_by_adamuon",
     "scale_by_mommuon",
     "scale_by_muon",

@@ -44,6 +44,24 @@ def static_int(value, name: str, low: int = 0) -> int:
   return out
 
 
+def traceable_int(value, name: str, low: int = 0):
+  """``value`` as a Python int ``>= low`` (see :func:`static_int`), or a
+  traced integer scalar as it is (``optax.inject_hyperparams`` turns an int
+  hyperparameter into one; its range cannot be checked while tracing).
+
+  Raises:
+    ValueError: naming ``name``, for a concrete value :func:`static_int`
+      rejects, or a traced value that is not an integer scalar.
+  """
+  if isinstance(value, jax.core.Tracer):
+    if value.ndim or not jnp.issubdtype(value.dtype, jnp.integer):
+      raise ValueError(
+          f"{name} must be an integer scalar, got a traced {value.dtype} "
+          f"array of shape {value.shape}.")
+    return value
+  return static_int(value, name, low=low)
+
+
 def floating_dtype(dtype: DTypeLike | None, name: str) -> jnp.dtype | None:
   """``dtype`` as a ``jnp.dtype`` (``None`` stays ``None``).
 

@@ -205,13 +205,14 @@ def inverse_sqrt(y, steps):
 
 
 class MomMuon(Variant):
-  """``average="preconditioner"``: the spec's average of inverse roots;
-  ``"gram"``: average ``G_n G_n^T`` every step, whiten it on refreshes."""
+  """``average="gram"`` (the default): average ``G_n G_n^T`` every step,
+  whiten it on refreshes; ``"preconditioner"``: the seed's average of inverse
+  roots. ``rescale``: bring ``P G_n`` to Frobenius norm ``sqrt(k)``."""
 
-  def __init__(self, shape, ns_steps=15, ns_every=1, ns_beta=0.9,
-               average="preconditioner", damping=0.0, **kw):
+  def __init__(self, shape, ns_steps=15, ns_every=5, ns_beta=0.5,
+               average="gram", damping=0.0, rescale=True, **kw):
     super().__init__(shape, **kw)
-    self.damping = damping
+    self.damping, self.rescale = damping, rescale
     self.ns_steps, self.every, self.beta = ns_steps, ns_every, ns_beta
     self.average = average
     self.p = self.ybar = None
@@ -230,7 +231,10 @@ class MomMuon(Variant):
     elif refresh:
       z = inverse_sqrt(damp(y), self.ns_steps)
       self.p = z if self.p is None else self.beta * self.p + (1 - self.beta) * z
-    return self.p @ g if wide else g @ self.p
+    u = self.p @ g if wide else g @ self.p
+    if self.rescale:
+      u = u * np.sqrt(min(u.shape)) / np.linalg.norm(u)
+    return u
 
 
 class OGSignMuon(Muon):

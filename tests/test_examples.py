@@ -193,6 +193,10 @@ def test_default_learning_rates_fall_back_sensibly():
   assert registry.default_lr("normuon", lrs) == 0.02  # not listed: muon's
   assert registry.default_lr("muon_rms", lrs) == 1e-3  # rms: AdamW's
   assert registry.default_lr("muon", lrs, {"shape_scale": "rms"}) == 0.02
+  # a ~TAG suffix names one more run of the same preset
+  assert registry.default_lr("mommuon~every2", lrs) == 0.05
+  assert registry.options_for("mommuon_every10~x", {"ns_beta": 0.0}) == {
+      "ns_every": 10, "ns_beta": 0.0}
 
 
 def test_presets_pass_their_options_to_the_alias():
@@ -220,6 +224,21 @@ def test_presets_pass_their_options_to_the_alias():
   adamw = update(registry.build("adamw", 0.01, {}, 0.0))
   want = update(optax.adamw(0.01, b1=0.9, b2=0.95, weight_decay=0.0))
   chex.assert_trees_all_close(adamw, want)
+
+
+def test_ogsignmuon_spectral_has_muons_spectral_norm_and_the_momentums_signs():
+  w = jnp.asarray(np.random.default_rng(1).normal(size=(12, 20)), jnp.float32)
+  params, grads = {"w": w}, {"w": jnp.cos(3 * w)}
+
+  def update(tx):
+    return np.asarray(tx.update(grads, tx.init(params), params)[0]["w"])
+
+  got = update(registry.build("ogsignmuon_spectral", 0.1, {}, 1e-3))
+  muon = update(om.muon(0.1, ns_dtype=jnp.float32))
+  # 16 power iterations estimate each spectral norm to about 1%
+  np.testing.assert_allclose(np.linalg.norm(got, 2), np.linalg.norm(muon, 2),
+                             rtol=2e-2)
+  np.testing.assert_array_equal(np.sign(got), -np.sign(grads["w"]))
 
 
 # -------------------------------------------------------------- compare.py
@@ -290,6 +309,26 @@ def test_compare_lr_override_options_and_sweep(tmp_path):
       "adamw", "--lr", "adamw=0.0123", "--out", str(tmp_path),
       "--num-evals", "1", "--no-progress"])
   assert record["runs"][0]["learning_rate"] == 0.0123
+
+
+@pytest.mark.slow
+def test_compare_lm_records_max_logits_and_qk_clip_caps_them(tmp_path):
+  """The lm task records each step's largest attention logit; with
+  --qk-clip TAU every step after a clip starts from logits near TAU (the
+  next batch and update move them a little)."""
+  common = ["--task", "lm", "--tiny", "--steps", "4", "--optimizers",
+            "muon,mommuon~tagged", "--num-evals", "1", "--no-progress"]
+  plain = compare.main([*common, "--out", str(tmp_path / "a")])
+  tau = 0.5
+  clipped = compare.main([*common, "--out", str(tmp_path / "b"),
+                          "--qk-clip", str(tau)])
+  assert clipped["qk_clip"] == tau
+  for a, b in zip(plain["runs"], clipped["runs"]):
+    assert [s for s, _ in a["max_logit_history"]] == [1, 2, 3, 4]
+    assert a["max_logit_history"][0] == b["max_logit_history"][0]
+    assert a["max_logit_history"][0][1] > 4 * tau  # so step 1 clips
+    assert max(v for _, v in b["max_logit_history"][1:]) < 2 * tau
+    assert b["qk_clip"] == tau and b["optimizer"] in ("muon", "mommuon~tagged")
 
 
 @pytest.mark.parametrize("task, expected", [

@@ -45,6 +45,7 @@ def test_out_of_range_is_a_clear_error_at_construction(alias, kwargs, match):
     (om.adamuon, dict(eps=-1e-8), r"eps must be in \[0.0, inf\]"),
     (om.adamuon, dict(bias_correction=None), r"bias_correction must be a bool"),
     (om.normuon, dict(beta2=1.0), r"beta2 must be in \[0.0, 1.0\)"),
+    (om.mommuon, dict(ns_rescale=1), r"ns_rescale must be a bool, got 1"),
     (om.mommuon, dict(ns_every=-1), r"ns_every must be >= 0"),
     (om.mommuon, dict(ns_every=2.0), r"ns_every must be an int"),
     (om.mommuon, dict(ns_beta=1.0), r"ns_beta must be in \[0.0, 1.0\)"),

@@ -81,8 +81,16 @@ VARIANTS = {
                         {"ns_every": 3}, 1e-3),
     "mommuon_beta_0": (om.mommuon, {"ns_beta": 0.0, "ns_every": 2},
                        ref.MomMuon, {"ns_beta": 0.0, "ns_every": 2}, 1e-3),
-    "mommuon_gram": (om.mommuon, {"ns_average": "gram"}, ref.MomMuon,
-                     {"average": "gram"}, 1e-3),
+    "mommuon_seed": (om.mommuon, {
+        "ns_average": "preconditioner", "ns_beta": 0.9, "ns_every": 1,
+        "ns_rescale": False}, ref.MomMuon, {
+            "average": "preconditioner", "ns_beta": 0.9, "ns_every": 1,
+            "rescale": False}, 1e-3),
+    "mommuon_no_rescale": (om.mommuon, {"ns_rescale": False}, ref.MomMuon,
+                           {"rescale": False}, 1e-3),
+    "mommuon_preconditioner_every_2": (
+        om.mommuon, {"ns_average": "preconditioner", "ns_every": 2},
+        ref.MomMuon, {"average": "preconditioner", "ns_every": 2}, 1e-3),
     "mommuon_gram_every_3": (om.mommuon, {"ns_average": "gram", "ns_every": 3},
                              ref.MomMuon, {"average": "gram", "ns_every": 3}, 1e-3),
     "mommuon_gram_damped": (

@@ -148,11 +148,24 @@ class CausalSelfAttention(nnx.Module):
                           kernel_init=nnx.initializers.zeros, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
+    return self.forward(x)[0]
+
+  def forward(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(output, max_logits)``: ``max_logits`` ``(heads,)`` is each head's
+    largest causal pre-softmax logit ``q . k / sqrt(head_dim)`` over the
+    batch (no gradient flows through it), what :func:`optax_muon.qk_clip`
+    takes."""
     b, t, d = x.shape
-    heads = lambda y: y.reshape(b, t, self.n_heads, d // self.n_heads)
-    y = jax.nn.dot_product_attention(
-        heads(self.q(x)), heads(self.k(x)), heads(self.v(x)), is_causal=True)
-    return self.out(y.reshape(b, t, d))
+    hd = d // self.n_heads
+    heads = lambda y: y.reshape(b, t, self.n_heads, hd)
+    q, k = heads(self.q(x)), heads(self.k(x))
+    y = jax.nn.dot_product_attention(q, k, heads(self.v(x)), is_causal=True)
+    qs, ks = jax.lax.stop_gradient(q), jax.lax.stop_gradient(k)
+    logits = jnp.einsum("bthd,bshd->bhts", qs, ks,
+                        preferred_element_type=jnp.float32) / np.sqrt(hd)
+    causal = jnp.tril(jnp.ones((t, t), bool))
+    max_logits = jnp.max(jnp.where(causal, logits, -jnp.inf), axis=(0, 2, 3))
+    return self.out(y.reshape(b, t, d)), max_logits
 
 
 class MLP(nnx.Module):
@@ -178,8 +191,13 @@ class Block(nnx.Module):
     self.mlp = MLP(config, rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    x = x + self.attn(self.ln1(x))
-    return x + self.mlp(self.ln2(x))
+    return self.forward(x)[0]
+
+  def forward(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(output, the attention's per-head max logits)``."""
+    a, max_logits = self.attn.forward(self.ln1(x))
+    x = x + a
+    return x + self.mlp(self.ln2(x)), max_logits
 
 
 class GPT(nnx.Module):
@@ -204,14 +222,21 @@ class GPT(nnx.Module):
                            kernel_init=init, dtype=config.dtype, rngs=rngs)
 
   def __call__(self, tokens: jax.Array) -> jax.Array:
+    return self.forward(tokens)[0]
+
+  def forward(self, tokens: jax.Array) -> tuple[jax.Array, dict]:
+    """``(logits, max_logits)``, ``max_logits`` mapping each attention
+    module's path (``"blocks/0/attn"``, ...) to its per-head largest
+    pre-softmax logit, as :func:`optax_muon.qk_clip` takes it."""
     t = tokens.shape[-1]
     pos = self.pos_embedding[:t]
     if self.config.dtype is not None:
       pos = pos.astype(self.config.dtype)
     x = self.embed(tokens) + pos
-    for block in self.blocks:
-      x = block(x)
-    return self.head(self.ln_f(x)).astype(jnp.float32)
+    max_logits = {}
+    for i, block in enumerate(self.blocks):
+      x, max_logits[f"blocks/{i}/attn"] = block.forward(x)
+    return self.head(self.ln_f(x)).astype(jnp.float32), max_logits
 
 
 def loss_fn(model: GPT, batch: jax.Array) -> jax.Array:
@@ -219,6 +244,16 @@ def loss_fn(model: GPT, batch: jax.Array) -> jax.Array:
   logits = model(batch[:, :-1])
   return optax.softmax_cross_entropy_with_integer_labels(
       logits.astype(jnp.float32), batch[:, 1:]).mean()
+
+
+def loss_and_max_logits(model: GPT, batch: jax.Array
+                        ) -> tuple[jax.Array, dict]:
+  """:func:`loss_fn` and the step's per-head max attention logits (see
+  :meth:`GPT.forward`)."""
+  logits, max_logits = model.forward(batch[:, :-1])
+  loss = optax.softmax_cross_entropy_with_integer_labels(
+      logits.astype(jnp.float32), batch[:, 1:]).mean()
+  return loss, max_logits
 
 
 def random_windows(shards: Sequence[np.ndarray], length: int,
@@ -324,7 +359,8 @@ def make_task(*, data_dir: str | None = None, tiny: bool = False,
       evaluate=evaluate, metric="val_loss", higher_is_better=False,
       learning_rates=LEARNING_RATES, default_steps=DEFAULT_STEPS,
       warmup=0.05, cooldown=0.3, items_per_step=batch_size * config.seq_len,
-      item_name="tokens",
+      item_name="tokens", max_logits_loss=loss_and_max_logits,
+      qk_names=(("q",), ("k",)),
       options={"preset": preset, "tiny": tiny, "n_layers": config.n_layers,
                "d_model": config.d_model, "n_heads": config.n_heads,
                "seq_len": config.seq_len, "vocab_size": config.vocab_size,
