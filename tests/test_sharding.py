@@ -22,11 +22,11 @@ import optax_muon as om
 from tests import reference as ref
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# One alias per kind of extra state and its placement: none (Muon; OGSignMuon
-# is the same skeleton), a scalar per matrix (AdaMuon), a k x k matrix at the
-# small side (MomMuon; its Gram averaging adds a second one of that shape),
-# a vector along fan-out (NorMuon).
-WORKER_ALIASES = ["muon", "adamuon", "mommuon_every_2", "normuon"]
+# One alias per kind of extra state placement: none (Muon; OGSignMuon is the
+# same skeleton), a matrix at the small side plus the batch axes (MomMuon;
+# AdaMuon's scalar per matrix is placed by the batch axes alone), a vector
+# along fan-out (NorMuon).
+WORKER_ALIASES = ["muon", "mommuon_every_2", "normuon"]
 SCALE_BY = [om.scale_by_muon, om.scale_by_adamuon, om.scale_by_mommuon,
             om.scale_by_ogsignmuon, om.scale_by_normuon]
 ALIASES = [om.muon, om.adamuon, om.mommuon, om.ogsignmuon, om.normuon]
