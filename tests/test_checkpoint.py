@@ -19,6 +19,10 @@ import pytest
 import optax_muon as om
 from tests._sweeps import sweep
 
+# `make test` only (orbax round trips of every optimizer state);
+# `make test-fast` keeps the reference checks of the math.
+pytestmark = pytest.mark.slow
+
 ocp = pytest.importorskip("orbax.checkpoint")
 
 CASES = {

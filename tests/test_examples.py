@@ -83,6 +83,7 @@ def test_cifar10_reader_rejects_a_bad_pickle(tmp_path):
     cifar10.load(tmp_path)
 
 
+@pytest.mark.slow
 def test_image_task_on_cifar10_normalizes_and_flips(tmp_path):
   _write_cifar(tmp_path / "c", sizes=(40, 40, 40, 40, 40), test_size=8)
   task = image.make_task(data_dir=str(tmp_path / "c"), tiny=True)
@@ -138,6 +139,7 @@ def test_fineweb_reader_rejects_a_bad_header(tmp_path, kwargs, match):
     fineweb.read_shard(tmp_path / "x_train.bin")
 
 
+@pytest.mark.slow
 def test_lm_task_on_fineweb_uses_the_shards(tmp_path):
   rng = np.random.default_rng(0)
   train = rng.integers(0, 50257, size=3000)
@@ -199,6 +201,7 @@ def test_default_learning_rates_fall_back_sensibly():
       "ns_every": 10, "ns_beta": 0.0}
 
 
+@pytest.mark.slow
 def test_presets_pass_their_options_to_the_alias():
   params = {"w": jnp.asarray(
       np.random.default_rng(0).normal(size=(8, 16)), jnp.float32),
@@ -226,6 +229,7 @@ def test_presets_pass_their_options_to_the_alias():
   chex.assert_trees_all_close(adamw, want)
 
 
+@pytest.mark.slow
 def test_ogsignmuon_spectral_has_muons_spectral_norm_and_the_momentums_signs():
   w = jnp.asarray(np.random.default_rng(1).normal(size=(12, 20)), jnp.float32)
   params, grads = {"w": w}, {"w": jnp.cos(3 * w)}

@@ -93,6 +93,7 @@ def test_scale_invariant_zero_safe_and_nan_propagating(form):
   assert np.all(np.isnan(om.orthogonalize(bad, form=form)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("form", ["standard", "auto"])
 def test_bfloat16_close_to_reference(form):
   for i, shape in enumerate(SHAPES):
@@ -102,6 +103,7 @@ def test_bfloat16_close_to_reference(form):
     assert _rel_err(got, _reference(x)) < 0.1, shape
 
 
+@pytest.mark.slow
 def test_bfloat16_gram_form_on_wide_gaussian():
   """The Gram form in bfloat16 is only usable where the matrix is well
   conditioned (auto never picks it): a wide Gaussian matrix."""
@@ -358,6 +360,7 @@ def test_symmetric_matmul_is_the_product(blocks):
   np.testing.assert_allclose(got, a @ b, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("form", ["standard", "gram"])
 def test_symmetric_blocks_match_reference(form):
   """The CPU default (4 blocks) for m >= 256, asked for here on small
@@ -391,6 +394,7 @@ VARIANTS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loop", [True, False])
 @pytest.mark.parametrize("name", list(VARIANTS))
 def test_stacked_and_looped_directions_match_reference(name, loop):
@@ -443,6 +447,7 @@ def test_loop_runs_large_matrices_one_at_a_time():
   assert om.Tuning().loops_stacks() == (jax.default_backend() == "cpu")
 
 
+@pytest.mark.slow
 def test_alias_step_with_large_matrices_matches_reference():
   """Large enough for the CPU defaults (loop over the stack, symmetric
   block products in the Gram form): a full om.muon step is the reference's

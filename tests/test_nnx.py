@@ -10,6 +10,10 @@ from flax import nnx
 import optax_muon as om
 from tests import _flax_compat
 
+# `make test` only (NNX training runs);
+# `make test-fast` keeps the reference checks of the math.
+pytestmark = pytest.mark.slow
+
 ALIASES = [om.muon, om.adamuon, om.mommuon, om.ogsignmuon, om.normuon]
 
 

@@ -19,6 +19,10 @@ import pytest
 import optax_muon as om
 from tests._sweeps import sweep
 
+# `make test` only (optax's common optimizer checks on every alias);
+# `make test-fast` keeps the reference checks of the math.
+pytestmark = pytest.mark.slow
+
 ALIASES = {
     "muon": (om.muon, {}),
     "adamuon": (om.adamuon, {}),

@@ -27,6 +27,10 @@ from hypothesis import strategies as st
 import optax_muon as om
 from tests._tolerances import dtype_name
 
+# `make test` only (hypothesis searches over shapes, dtypes and scales);
+# `make test-fast` keeps the reference checks of the math.
+pytestmark = pytest.mark.slow
+
 SETTINGS = settings(max_examples=12, deadline=None)
 
 DIMS = (1, 2, 3, 5, 8)

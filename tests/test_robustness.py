@@ -26,6 +26,10 @@ from tests import reference
 from tests._sweeps import sweep
 from tests._tolerances import tol
 
+# `make test` only (every variant at extreme scales, dtypes and NaNs);
+# `make test-fast` keeps the reference checks of the math.
+pytestmark = pytest.mark.slow
+
 ALIASES = {
     "muon": om.muon,
     "adamuon": om.adamuon,

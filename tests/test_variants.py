@@ -125,6 +125,7 @@ def test_variant_matches_reference(name, jit=True):
                         f"{name}/{leaf} step {t}")
 
 
+@pytest.mark.slow
 def test_cautious_weight_decay_matches_reference():
   lr, wd = 0.05, 0.3
   params = _params(seed=3)
@@ -142,6 +143,7 @@ def test_cautious_weight_decay_matches_reference():
   assert np.abs(plain[-1]["dense"] - traj[-1]["dense"]).max() > 1e-4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ns_coeffs", ["quintic", "polar_express"])
 def test_rms_shape_scale_gives_update_rms_near_point_two(ns_coeffs):
   shapes = {"a": (64, 256), "b": (256, 64), "c": (128, 128), "d": (3, 3, 16, 32)}
@@ -208,6 +210,7 @@ def test_stacked_layers_with_batch_axes_match_per_slice_reference():
   np.testing.assert_array_equal(u1["stack"], u2["stack"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("alias", sweep([om.muon, om.adamuon, om.mommuon,
                                          om.ogsignmuon, om.normuon]))
 def test_inject_hyperparams_matches_plain_alias(alias):
@@ -224,6 +227,7 @@ def test_inject_hyperparams_matches_plain_alias(alias):
   assert "learning_rate" in state.hyperparams
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("alias", sweep([om.muon, om.adamuon, om.mommuon,
                                          om.ogsignmuon, om.normuon]))
 def test_bfloat16_params_under_jit(alias):
