@@ -171,16 +171,9 @@ def _symmetric_matmul(a: jax.Array, b: jax.Array, blocks: int,
   """
   if blocks <= 1:
     return _matmul(a, b, precision)
-  m = a.shape[-2]
-  cut = [i * m // blocks for i in range(blocks)] + [m]
-  upper = [_matmul(a[..., cut[i]:cut[i + 1], :], b[..., :, cut[i]:], precision)
-           for i in range(blocks)]
-  block_rows = []
-  for i in range(blocks):
-    mirrored = [_swap(upper[j][..., :, cut[i] - cut[j]:cut[i + 1] - cut[j]])
-                for j in range(i)]
-    block_rows.append(jnp.concatenate(mirrored + [upper[i]], axis=-1))
-  return jnp.concatenate(block_rows, axis=-2)
+  return _symmetric_blocks(
+      lambda lo, hi: _matmul(a[..., lo:hi, :], b[..., :, lo:], precision),
+      a.shape[-2], blocks)
 
 
 def _dot(a: jax.Array, b: jax.Array, contract: tuple[int, int],
