@@ -140,16 +140,13 @@ def describe(params: optax.Params, *,
       lines.append(
           f"vocabulary {vocab} (token embedding's rows): matrices with "
           f"fan-out {vocab} are heads.")
-  if batch_axes is None:
-    for (path, leaf) in leaves:
-      if (_matrix.last_name(path) == "scale"
-          and len(getattr(leaf, "shape", ())) >= 2):
-        lines.append(
-            f"note: the norm scale {_matrix.path_str(path)!r} has shape "
-            f"{tuple(leaf.shape)}: stacked layers? Pass "
-            "batch_axes=om.stacked('<stacked sub-tree>') so each layer's "
-            "kernel is its own matrix.")
-        break
+  found = _labels.stacked_norm_scale(params) if batch_axes is None else None
+  if found is not None:
+    path, shape = found
+    lines.append(
+        f"note: the norm scale {path!r} has shape {shape}: stacked layers? "
+        "Pass batch_axes=om.stacked('<stacked sub-tree>') so each layer's "
+        "kernel is its own matrix.")
   return "\n".join(lines)
 
 

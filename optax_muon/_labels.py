@@ -179,21 +179,30 @@ def muon_labels(
   return jax.tree_util.tree_map_with_path(label, params)
 
 
-def _warn_if_stacked(params) -> None:
-  """Warns when a norm scale has 2+ dims and no ``batch_axes`` is given: the
-  sign of stacked (scanned) layers whose matrices would be flattened."""
+def stacked_norm_scale(params) -> tuple[str, tuple[int, ...]] | None:
+  """``(path, shape)`` of the first norm scale with 2 or more dims, the sign
+  of stacked (scanned) layers, or ``None``."""
   for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
     if (_matrix.last_name(path) == "scale"
         and len(getattr(leaf, "shape", ())) >= 2):
-      warnings.warn(
-          f"The norm scale {_matrix.path_str(path)!r} has shape "
-          f"{tuple(leaf.shape)}: the layers look stacked (nnx.vmap/nnx.scan, "
-          "linen.scan) but batch_axes is None, so each stacked kernel "
-          "(layers, d_in, d_out) is orthogonalised as one (layers*d_in, "
-          "d_out) matrix. Pass batch_axes=om.stacked('<name of the stacked "
-          "sub-tree>') (om.describe(params) shows every leaf's view).",
-          stacklevel=4)
-      return
+      return _matrix.path_str(path), tuple(leaf.shape)
+  return None
+
+
+def _warn_if_stacked(params) -> None:
+  """Warns when a norm scale has 2+ dims and no ``batch_axes`` is given: the
+  sign of stacked (scanned) layers whose matrices would be flattened."""
+  found = stacked_norm_scale(params)
+  if found is not None:
+    path, shape = found
+    warnings.warn(
+        f"The norm scale {path!r} has shape "
+        f"{shape}: the layers look stacked (nnx.vmap/nnx.scan, "
+        "linen.scan) but batch_axes is None, so each stacked kernel "
+        "(layers, d_in, d_out) is orthogonalised as one (layers*d_in, "
+        "d_out) matrix. Pass batch_axes=om.stacked('<name of the stacked "
+        "sub-tree>') (om.describe(params) shows every leaf's view).",
+        stacklevel=4)
 
 
 def resolve_labels(param_labels: ParamLabels,
