@@ -14,8 +14,8 @@ lays out fresh state in ``init``.
 
 Under Auto mesh axes the layout of a jitted step's outputs is the
 partitioner's choice. Where this JAX has ``jax.experimental.shard_alike``
-(up to 0.10; 0.11 removed it) each output is tied to the layout of the leaf
-it replaces; without it the partitioner lays them out (results are the same,
+(JAX 0.11.2 has none) each output is tied to the layout of the leaf it
+replaces; without it the partitioner lays them out (results are the same,
 but a state leaf may come back less sharded than it went in). Explicit mesh
 axes (``jax.make_mesh``'s default) give exact layouts on every version.
 """

@@ -30,7 +30,9 @@ def add_cautious_decayed_weights(
 
   def update_fn(updates, state, params=None):
     if params is None:
-      raise ValueError(optax.NO_PARAMS_MSG)
+      raise ValueError(
+          "cautious weight decay needs the params: call "
+          "update(updates, state, params).")
 
     def decay(u, p):
       mask = (u * p > 0).astype(u.dtype)

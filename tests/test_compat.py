@@ -1,6 +1,6 @@
 """The package on JAX versions without the experimental APIs it once used.
 
-JAX 0.11 removed ``jax.experimental.shard_alike``; the check runs in a
+JAX 0.11.2 has no ``jax.experimental.shard_alike``; the check runs in a
 separate process in which that module cannot be imported (a ``sys.meta_path``
 finder installed before jax and optax_muon are imported raises
 ``ImportError`` for it), with 4 simulated CPU devices so that the split

@@ -90,3 +90,14 @@ def test_batch_axes_that_do_not_fit_name_static_args():
   tx = om.muon(0.02, batch_axes=(0,), param_labels=labels)
   with pytest.raises(ValueError, match="static_args"):
     tx.init(PARAMS)
+
+
+@pytest.mark.parametrize("alias", ALIASES, ids=lambda a: a.__name__)
+@pytest.mark.parametrize("cautious", [False, True])
+def test_weight_decay_without_params_is_a_clear_error(alias, cautious):
+  """Decay needs the params; an ``update`` without them says so (a
+  ValueError, not an AttributeError from inside optax)."""
+  tx = alias(0.02, weight_decay=0.1, cautious_weight_decay=cautious)
+  state = tx.init(PARAMS)
+  with pytest.raises(ValueError, match="params"):
+    tx.update(PARAMS, state)
