@@ -117,7 +117,9 @@ def _views(params, **kw):
 
 
 def _tokens(seed=0):
-  return jax.random.randint(jax.random.key(seed), (4, SEQ), 0, VOCAB)
+  # NumPy draws: eager jax.random compiles a program per shape (seconds).
+  return jnp.asarray(np.random.default_rng(seed).integers(0, VOCAB, (4, SEQ)),
+                     jnp.int32)
 
 
 # Every leaf of both transformers: with batch_axes=om.stacked("layers") each
@@ -346,8 +348,9 @@ def test_cnn_with_batchnorm_every_leaf():
 @pytest.mark.slow
 def test_cnn_with_batchnorm_trains():
   model = nnx.jit(lambda: ConvNet(nnx.Rngs(0)))()
-  x = jax.random.normal(jax.random.key(0), (16, 8, 8, 1))
-  y = jax.random.randint(jax.random.key(1), (16,), 0, 4)
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal((16, 8, 8, 1)), jnp.float32)
+  y = jnp.asarray(rng.integers(0, 4, 16), jnp.int32)
   opt = nnx.Optimizer(model, om.muon(0.02, adamw_learning_rate=1e-2),
                       wrt=nnx.Param)
 

@@ -48,10 +48,28 @@ def _setup(plant):
     kk[:, h] *= factor
   params["attn"]["query"]["kernel"] = jnp.asarray(kq)
   params["attn"]["key"]["kernel"] = jnp.asarray(kk)
-  x = jax.random.normal(jax.random.key(1), (2, 6, D))
+  # NumPy draws: eager jax.random compiles a program per shape (seconds).
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.standard_normal((2, 6, D)), jnp.float32)
   grads = jax.tree.map(
-      lambda p: jax.random.normal(jax.random.key(p.size), p.shape), params)
+      lambda p: jnp.asarray(rng.standard_normal(p.shape), jnp.float32), params)
   return params, grads, x
+
+
+def _with_and_without_clip(tau, params, grads, logits):
+  """Updates of ``chain(muon, qk_clip(tau))`` and of ``muon`` alone, from
+  one jitted program (Newton–Schulz op by op, unjitted, costs seconds)."""
+  tx = optax.chain(om.muon(0.02), om.qk_clip(tau))
+  base = om.muon(0.02)
+
+  @jax.jit
+  def run(grads, params, logits):
+    u, _ = tx.update(grads, tx.init(params), params,
+                     max_logits={"attn": logits})
+    u0, _ = base.update(grads, base.init(params), params)
+    return u, u0
+
+  return run(grads, params, jnp.asarray(logits, jnp.float32))
 
 
 def _flat(tree):
@@ -64,11 +82,7 @@ def test_planted_large_logit_rescales_only_that_heads_q_and_k():
   logits = max_logits(params["attn"], x)
   tau = float(np.sort(logits)[-2] * 1.5)  # only head 2 is above tau
   assert logits[2] > tau and (np.delete(logits, 2) < tau).all()
-  tx = optax.chain(om.muon(0.02), om.qk_clip(tau))
-  base = om.muon(0.02)
-  u, _ = tx.update(grads, tx.init(params), params,
-                   max_logits={"attn": jnp.asarray(logits, jnp.float32)})
-  u0, _ = base.update(grads, base.init(params), params)
+  u, u0 = _with_and_without_clip(tau, params, grads, logits)
   new = _flat(optax.apply_updates(params, u))
   want = _flat(optax.apply_updates(params, u0))
   s = np.sqrt(tau / logits[2])
@@ -101,11 +115,8 @@ def test_clipped_head_has_logit_tau_on_the_same_inputs():
 def test_nothing_changes_when_every_logit_is_below_tau():
   params, grads, x = _setup({})
   logits = max_logits(params["attn"], x)
-  tx = optax.chain(om.muon(0.02), om.qk_clip(float(logits.max()) + 1.0))
-  base = om.muon(0.02)
-  u, _ = tx.update(grads, tx.init(params), params,
-                   max_logits={"attn": jnp.asarray(logits, jnp.float32)})
-  u0, _ = base.update(grads, base.init(params), params)
+  u, u0 = _with_and_without_clip(float(logits.max()) + 1.0, params, grads,
+                                 logits)
   jax.tree.map(np.testing.assert_array_equal, u, u0)
 
 
@@ -115,7 +126,8 @@ def test_works_with_nnx_optimizer_and_every_alias():
     model = Net(nnx.Rngs(0))
     opt = nnx.Optimizer(model, optax.chain(alias(0.02), om.qk_clip(1e-3)),
                         wrt=nnx.Param)
-    x = jax.random.normal(jax.random.key(1), (2, 6, D))
+    x = jnp.asarray(np.random.default_rng(1).standard_normal((2, 6, D)),
+                    jnp.float32)
     before = np.asarray(model.attn.query.kernel[...])
 
     @nnx.jit
