@@ -10,6 +10,9 @@ float32 params); give zeros under ``optax.MultiSteps`` between accumulation
 steps; and accept a learning-rate schedule.
 """
 
+import collections
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -38,9 +41,11 @@ NAMES = sorted(ALIASES)
 
 
 def _params(dtype=jnp.float32):
-  # optax's own inject_hyperparams check uses these two leaves; a matrix and
-  # a vector make both parts of the multi_transform run.
-  return {"a": -jnp.ones((2, 3), dtype),
+  # Two leaves like those of optax's own inject_hyperparams check (a 2-D and
+  # a 3-D one, both 2x10 matrices in the wide orientation: one stacked
+  # Newton–Schulz program) and a vector: both parts of the multi_transform
+  # run.
+  return {"a": -jnp.ones((10, 2), dtype),
           "b": jnp.linspace(-1.0, 1.0, 20, dtype=dtype).reshape(2, 5, 2),
           "bias": jnp.ones((3,), dtype)}
 
@@ -59,17 +64,39 @@ def _layout(tree):
   return jax.tree.map(lambda x: (jnp.shape(x), jnp.result_type(x)), tree)
 
 
+_TRACES = collections.Counter()
+
+
+@functools.cache
+def _jitted(name):
+  """``alias(0.02, **kwargs)`` and its jitted update, shared by the tests
+  that run it on the float32 params (one compile per alias).
+
+  The update passes ``update`` a keyword argument no optimizer expects (as
+  optax's common tests do: every alias must accept and ignore it).
+  ``_TRACES[name]`` counts its traces, i.e. its compiled signatures.
+  """
+  alias, kwargs = ALIASES[name]
+  tx = alias(0.02, **kwargs)
+
+  def update(grads, state, params):
+    _TRACES[name] += 1
+    return tx.update(grads, state, params,
+                     unexpected_extra_args_your_optimizer_doesnt_expect=1)
+
+  return tx, jax.jit(update)
+
+
 @pytest.mark.parametrize("name", sweep(NAMES))
 def test_inject_hyperparams_with_only_ns_steps_static(name):
   alias, kwargs = ALIASES[name]
-  hparams = dict(learning_rate=0.02, **kwargs)
-  tx = alias(**hparams)
+  tx, update = _jitted(name)  # alias(0.02, **kwargs)
   tx_inject = optax.inject_hyperparams(alias, static_args=("ns_steps",))(
-      **hparams)
+      learning_rate=0.02, **kwargs)
   params = _params()
   state = jax.jit(tx.init)(params)
   state_inject = jax.jit(tx_inject.init)(params)
-  update, update_inject = jax.jit(tx.update), jax.jit(tx_inject.update)
+  update_inject = jax.jit(tx_inject.update)
   for t in range(4):  # MomMuon's default ns_every is 5: steps 1 and ... 4
     grads = _grads(params, t)
     updates, state = update(grads, state, params)
@@ -101,11 +128,12 @@ def test_injected_ns_every_follows_its_value_without_recompiling():
 
   for every in (3, 2, 0):
     tx = om.mommuon(0.1, ns_every=every, param_labels=labels)
+    update = jax.jit(tx.update)  # compiles faster than it runs op by op
     state, state_inject = tx.init(params), tx_inject.init(params)
     state_inject.hyperparams["ns_every"] = jnp.asarray(every)
     for t in range(6):
       grads = _grads(params, t)
-      want, state = tx.update(grads, state, params)
+      want, state = update(grads, state, params)
       got, state_inject = step(grads, state_inject)
       np.testing.assert_allclose(got["w"], want["w"], rtol=1e-5, atol=1e-7,
                                  err_msg=f"ns_every={every} step {t + 1}")
@@ -114,26 +142,20 @@ def test_injected_ns_every_follows_its_value_without_recompiling():
 
 @pytest.mark.parametrize("name", sweep(NAMES))
 def test_accepts_extra_args_and_does_not_recompile(name):
-  alias, kwargs = ALIASES[name]
-  tx = alias(0.02, **kwargs)
+  # The shared update passes the extra argument. The other tests may have
+  # compiled it already: the steps after the first must reuse the first
+  # one's compiled signature.
+  tx, update = _jitted(name)
   params = _params()
-  compiles = []
-
-  @jax.jit
-  def step(params, state, t):
-    compiles.append(1)
-    grads = jax.tree.map(lambda p: jnp.cos(p * t) + 0.1 * t, params)
-    updates, state = tx.update(
-        grads, state, params,
-        unexpected_extra_args_your_optimizer_doesnt_expect=1)
-    return optax.apply_updates(params, updates), state
-
   state = tx.init(params)
   layout = _layout(state)
   for t in range(7):
-    params, state = step(params, state, jnp.float32(t + 1))
+    updates, state = update(_grads(params, t), state, params)
+    params = optax.apply_updates(params, updates)
     assert _layout(state) == layout
-  assert len(compiles) == 1
+    if t == 0:
+      traces, compiled = _TRACES[name], update._cache_size()
+  assert _TRACES[name] == traces and update._cache_size() == compiled
   assert _finite(params) and _finite(state)
 
 
@@ -178,12 +200,15 @@ def test_multi_steps_gives_zeros_between_accumulations(name):
 def test_learning_rate_schedule_equals_constant(name):
   alias, kwargs = ALIASES[name]
   params = _params()
-  txs = [alias(optax.constant_schedule(1e-3), **kwargs), alias(1e-3, **kwargs)]
+  scheduled = alias(optax.constant_schedule(0.02), **kwargs)
+  # Both jitted (faster than op by op); the constant one is the shared
+  # alias(0.02, **kwargs).
+  runs = [(scheduled, jax.jit(scheduled.update)), _jitted(name)]
   finals = []
-  for tx in txs:
+  for tx, update in runs:
     p, state = params, tx.init(params)
     for t in range(3):
-      updates, state = tx.update(_grads(p, t), state, p)
+      updates, state = update(_grads(p, t), state, p)
       p = optax.apply_updates(p, updates)
     finals.append(p)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6),

@@ -12,6 +12,7 @@ tests/_tolerances.py (float32 on the CPU, bfloat16 on GPU/TPU).
 
 from __future__ import annotations
 
+import collections
 import functools
 
 import chex
@@ -41,13 +42,17 @@ ALIASES = {
 VARIANTS = dict(ALIASES, mommuon_every2=lambda lr=0.02, **kw: om.mommuon(
     lr, ns_every=2, **kw))
 
+# Every kind of matrix leaf, in two shapes as the aliases see them: wide,
+# tall, conv and stacked leaves are all 4x18 matrices in the wide orientation
+# (so they share one stacked Newton–Schulz call and compile it once), the row
+# and the column vector 1x5 ones.
 MATRIX_SHAPES = {
-    "wide": (4, 6),
-    "tall": (6, 4),
+    "wide": (4, 18),
+    "tall": (18, 4),
     "row": (1, 5),
     "col": (5, 1),
     "conv": (3, 3, 2, 4),
-    "stack": (2, 3, 5),
+    "stack": (2, 4, 18),
 }
 
 
@@ -64,6 +69,10 @@ def _params(dtype=jnp.float32):
   return dict(_matrices(dtype), bias=jnp.zeros((4,), dtype))
 
 
+def _matrices_of(tree):
+  return {k: tree[k] for k in MATRIX_SHAPES}
+
+
 def _grads(params, seed, scale=1.0):
   rng = np.random.default_rng(seed)
   return jax.tree.map(
@@ -75,12 +84,21 @@ def _make(name, **kw):
   return VARIANTS[name](0.02, batch_axes=_batch_axes, **kw)
 
 
+_TRACES = collections.Counter()
+
+
 @functools.cache
 def _jitted(name):
   """One optimizer and one jitted update per variant, shared by the tests
-  (each dtype of the params compiles once)."""
+  (each dtype of the params compiles once). ``_TRACES[name]`` counts its
+  traces, i.e. its compiled signatures."""
   tx = _make(name)
-  return tx, jax.jit(tx.update)
+
+  def update(*args):
+    _TRACES[name] += 1
+    return tx.update(*args)
+
+  return tx, jax.jit(update)
 
 
 def _run(tx, params, grads_seq, update=None):
@@ -136,14 +154,17 @@ def test_mommuon_zero_first_gradient_does_not_poison_preconditioner(ns_every):
 
 @pytest.mark.parametrize("name", sweep(VARIANTS))
 def test_step_does_not_depend_on_gradient_scale(name):
-  params = _matrices()
+  # The params of the other tests (one compiled update); only the matrices'
+  # gradients are scaled, the bias's (AdamW, which is not scale-free) not.
+  params = _params()
   # Per-step magnitudes vary so that AdaMuon's factor is not trivially 1.
   gs = [jax.tree.map(lambda x, r=r: x * r, _grads(params, t))
         for t, r in enumerate([1.0, 3.0, 0.5])]
   ref, _ = _run(name, params, gs)
   for scale in [1e-30, 1e-6, 1e-3, 1e3, 1e6, 1e30]:
-    scaled, state = _run(name, params,
-                         [_cast(g, jnp.float32, scale) for g in gs])
+    scaled, state = _run(name, params, [
+        dict(_cast(_matrices_of(g), jnp.float32, scale), bias=g["bias"])
+        for g in gs])
     assert _all_finite(scaled) and _all_finite(state), scale
     chex.assert_trees_all_close(scaled, ref, rtol=tol(2e-5), atol=tol(2e-6))
 
@@ -257,17 +278,19 @@ def test_adamw_leaves_of_float16_params_run_in_float32(value):
 
 def test_nan_in_one_leaf_stays_in_that_leaf():
   # Same-shape leaves are stacked into one batched call; a NaN in one must
-  # not reach the others (documented: the NaN leaf's update is NaN).
-  params = {"a": jnp.zeros((4, 6)), "b": jnp.zeros((4, 6)),
-            "c": jnp.zeros((6, 4))}
+  # not reach the others (documented: the NaN leaf's update is NaN). "wide"
+  # is stacked with the stack's slices, and except for NorMuon (whose
+  # direction depends on the orientation) with "tall" and "conv" too.
+  params = _params()
   g = _grads(params, 0)
-  bad = dict(g, a=g["a"].at[1, 2].set(jnp.nan))
+  bad = dict(g, wide=g["wide"].at[1, 2].set(jnp.nan))
   for name in ALIASES:
     (u,), state = _run(name, params, [bad])
     (ref,), _ = _run(name, params, [g])
-    assert not bool(jnp.any(jnp.isfinite(u["a"]))), name
-    chex.assert_trees_all_equal(u["b"], ref["b"])
-    chex.assert_trees_all_equal(u["c"], ref["c"])
+    assert not bool(jnp.any(jnp.isfinite(u["wide"]))), name
+    for k in params:
+      if k != "wide":
+        chex.assert_trees_all_equal(u[k], ref[k])
 
 
 @pytest.mark.parametrize("bad_value", [jnp.nan, jnp.inf])
@@ -283,7 +306,10 @@ def test_non_finite_gradient_poisons_the_leaf_without_apply_if_finite(
 
 @pytest.mark.parametrize("name", sweep(VARIANTS))
 def test_apply_if_finite_skips_the_nan_step_exactly(name):
-  params = _params()
+  # Two matrices (one of them non-finite in the partly bad step) and the
+  # AdamW bias are what the check needs; fewer shapes compile faster.
+  params = {k: v for k, v in _params().items() if k in ("wide", "tall",
+                                                         "bias")}
   g = [_grads(params, s) for s in range(4)]
   nan = jax.tree.map(lambda x: jnp.full_like(x, jnp.nan), g[0])
   part = dict(g[1], wide=g[1]["wide"].at[0, 0].set(jnp.inf))
@@ -337,13 +363,10 @@ def test_low_precision_params_dtypes_and_single_compile(name, dtype):
   adam_state = state.inner_states["adamw"].inner_state[0]
   assert adam_state.mu["bias"].dtype == adam_state.nu["bias"].dtype == (
       jnp.float32)
-  traces = []
-
-  def counted_update(*args):
-    traces.append(1)  # runs once per trace, i.e. per compiled signature
-    return tx.update(*args)
-
-  update = jax.jit(counted_update)
+  # The update the other tests of this variant compile (with these params
+  # it may have compiled already): the steps after the first reuse the first
+  # one's compiled signature.
+  update = _jitted(name)[1]
   spec = _dtypes(state)
   for s in range(3):
     g = _grads(params, s)
@@ -352,7 +375,9 @@ def test_low_precision_params_dtypes_and_single_compile(name, dtype):
     assert _dtypes(state) == spec
     params = optax.apply_updates(params, u)
     assert _dtypes(params) == _dtypes(_params(dtype))
-  assert len(traces) == 1 and update._cache_size() == 1
+    if s == 0:
+      traces, compiled = _TRACES[name], update._cache_size()
+  assert _TRACES[name] == traces and update._cache_size() == compiled
 
 
 @pytest.mark.parametrize("name", sweep(ALIASES))
@@ -373,7 +398,9 @@ def test_mu_dtype_sets_the_momentum_dtype(name):
 
 
 def test_inject_hyperparams_compiles_once():
-  params = _params(jnp.bfloat16)
+  # A matrix and the AdamW bias: one of each part of the alias.
+  params = {k: v for k, v in _params(jnp.bfloat16).items()
+            if k in ("wide", "bias")}
   for alias in (om.muon, om.mommuon):
     # Without hyperparam_dtype, optax stores the hyperparameters in the
     # params' dtype: momentum 0.95 would become bfloat16 0.9492.
@@ -408,12 +435,18 @@ def test_float32_momentum_of_low_precision_gradients_is_exact(dtype):
 
 
 def test_zero_leaf_batched_with_others_does_not_change_them():
-  params = {"a": jnp.zeros((4, 6)), "b": jnp.zeros((4, 6))}
+  # "wide" is stacked with the stack's slices, and except for NorMuon with
+  # "tall" and "conv" too: with a zero gradient there, every other leaf gets
+  # the update it gets when "wide"'s gradient is not zero. (That each matrix
+  # of a stack gets its own reference step is checked in test_variants.py.)
+  params = _params()
   g = _grads(params, 0)
-  with_zero = dict(g, a=jnp.zeros((4, 6)))
+  with_zero = dict(g, wide=jnp.zeros_like(g["wide"]))
   for name in VARIANTS:
     (u,), _ = _run(name, params, [with_zero])
-    (ref,), _ = _run(name, {"b": params["b"]}, [{"b": g["b"]}])
-    chex.assert_trees_all_equal(u["a"], jnp.zeros((4, 6)))
-    chex.assert_trees_all_close(u["b"], ref["b"], rtol=tol(1e-6),
-                                atol=tol(1e-8))
+    (ref,), _ = _run(name, params, [g])
+    chex.assert_trees_all_equal(u["wide"], jnp.zeros_like(g["wide"]))
+    for k in params:
+      if k != "wide":
+        chex.assert_trees_all_close(u[k], ref[k], rtol=tol(1e-6),
+                                    atol=tol(1e-8))
