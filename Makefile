@@ -9,7 +9,13 @@ FLOOR_VENV := .venv-floor
 FLOOR_STAMP := $(FLOOR_VENV)/.installed
 FLOOR_CONSTRAINTS := .ci/floor-constraints.txt
 
-.PHONY: test test-fast test-floor demo lint bench docs clean venv
+# The newest JAX tested (JAX 0.11 and later need Python >= 3.12).
+NEWEST_PYTHON ?= python3.12
+NEWEST_VENV := .venv-newest
+NEWEST_STAMP := $(NEWEST_VENV)/.installed
+NEWEST_CONSTRAINTS := .ci/newest-constraints.txt
+
+.PHONY: test test-fast test-floor test-newest demo lint bench docs clean venv
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +52,21 @@ test-floor: $(FLOOR_STAMP)
 	        'chex', chex.__version__, 'flax', flax.__version__)"
 	$(FLOOR_VENV)/bin/python -m pytest -q -n 2 -m "not slow" tests
 
+# The whole suite on the newest JAX tested (.ci/newest-constraints.txt), in a
+# third venv built with NEWEST_PYTHON (Python >= 3.12).
+$(NEWEST_STAMP): pyproject.toml $(NEWEST_CONSTRAINTS)
+	$(NEWEST_PYTHON) -m venv $(NEWEST_VENV)
+	$(NEWEST_VENV)/bin/python -m pip install -q --upgrade pip
+	$(NEWEST_VENV)/bin/python -m pip install -q -c $(NEWEST_CONSTRAINTS) -e ".[test]"
+	touch $(NEWEST_STAMP)
+
+test-newest: $(NEWEST_STAMP)
+	$(NEWEST_VENV)/bin/python -c "import sys, jax, optax, chex, flax; \
+	  print('newest: python', sys.version.split()[0], 'jax', jax.__version__, \
+	        'optax', optax.__version__, 'chex', chex.__version__, \
+	        'flax', flax.__version__)"
+	$(NEWEST_VENV)/bin/python -m pytest -q -n 2 tests
+
 # For development: all but the tests marked @pytest.mark.slow (under 60 s).
 test-fast: $(STAMP)
 	$(VENV)/bin/ruff check optax_muon tests examples benchmarks
@@ -64,4 +85,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/sharding.py --out benchmarks/results/sharding.json
 
 clean:
-	rm -rf $(VENV) $(FLOOR_VENV) results .pytest_cache docs/_build
+	rm -rf $(VENV) $(FLOOR_VENV) $(NEWEST_VENV) results .pytest_cache docs/_build
