@@ -3,8 +3,10 @@
 The process must start with ``XLA_FLAGS=--xla_force_host_platform_device_count=8``
 (set before jax is imported) so that the CPU backend has 8 devices. Usage::
 
-  python -m tests._sharding_worker steps ALIAS
+  python -m tests._sharding_worker steps ALIAS [LAYOUT ...]
   python -m tests._sharding_worker flops
+
+``steps`` runs the named layouts of :data:`LAYOUTS` (default: all of them).
 
 Each command prints one JSON object on its last line: numbers and
 descriptions of what went wrong, which the tests assert on.
@@ -246,15 +248,17 @@ def _param_shaped_mismatches(tree, specs, mesh, when, exact):
   return bad
 
 
-def cmd_steps(alias_name):
-  """Every layout: params after each step against one device and against
-  the NumPy reference; state shardings after init and after the steps."""
+def cmd_steps(alias_name, layouts=tuple(LAYOUTS)):
+  """Each of ``layouts``: params after each step against one device and
+  against the NumPy reference; state shardings after init and after the
+  steps."""
   rtol_ref = ALIASES[alias_name][4]
   want = _reference_trajectory(alias_name)
   params0 = _params()
   single, _, single_state = _run(_make_tx(alias_name), params0)
   report = {"layouts": {}}
-  for layout, ((shape, names), axis_type, specs, split) in LAYOUTS.items():
+  for layout in layouts:
+    (shape, names), axis_type, specs, split = LAYOUTS[layout]
     mesh = jax.make_mesh(shape, names, axis_types=(axis_type,) * len(shape))
     place = lambda tree, specs=specs, mesh=mesh: {
         k: jax.device_put(v, NamedSharding(mesh, specs[k]))
@@ -321,7 +325,7 @@ def main(argv):
       f"{jax.device_count()} devices ({os.environ.get('XLA_FLAGS')!r})")
   jax.config.update("jax_default_matmul_precision", "highest")
   if argv[0] == "steps":
-    report = cmd_steps(argv[1])
+    report = cmd_steps(argv[1], tuple(argv[2:]) or tuple(LAYOUTS))
   elif argv[0] == "flops":
     report = cmd_flops()
   else:
