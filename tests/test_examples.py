@@ -393,7 +393,8 @@ def test_bad_arguments_are_reported(capsys, argv, expected):
 
 @pytest.mark.slow
 def test_sharded_train_keeps_fsdp_layout_on_8_simulated_devices():
-  """examples/sharded_train.py: FSDP params and momentum stay sharded."""
+  """examples/sharded_train.py: FSDP params and momentum stay sharded (a
+  one-layer model: the layout is the same in every layer)."""
   import os
   import re
   import subprocess
@@ -403,7 +404,8 @@ def test_sharded_train_keeps_fsdp_layout_on_8_simulated_devices():
   env = dict(os.environ, PYTHONPATH=root)
   out = subprocess.run(
       [sys.executable, os.path.join(root, "examples", "sharded_train.py"),
-       "--simulate", "8", "--steps", "10", "--d-model", "32"],
+       "--simulate", "8", "--steps", "10", "--d-model", "32", "--layers",
+       "1"],
       capture_output=True, text=True, env=env, timeout=600, check=True).stdout
   assert "8 devices" in out and "ns_mesh_axis=data" in out
   losses = [float(x) for x in re.findall(r"loss (\d+\.\d+)", out)]
