@@ -3,13 +3,18 @@
 The process must start with ``XLA_FLAGS=--xla_force_host_platform_device_count=8``
 (set before jax is imported) so that the CPU backend has 8 devices. Usage::
 
-  python -m tests._sharding_worker steps ALIAS [LAYOUT ...]
-  python -m tests._sharding_worker flops
+  python -m tests._sharding_worker CHECK [CHECK ...]
 
-``steps`` runs the named layouts of :data:`LAYOUTS` (default: all of them).
+with each ``CHECK`` one of
 
-Each command prints one JSON object on its last line: numbers and
-descriptions of what went wrong, which the tests assert on.
+  steps:ALIAS              every layout of LAYOUTS (see cmd_steps)
+  steps:ALIAS:LAYOUT,...   the named layouts
+  flops                    see cmd_flops
+
+The checks run one after the other in the one process (one start, one
+import of jax). The process prints one JSON object on its last line,
+``{CHECK: report}``: numbers and descriptions of what went wrong, which the
+tests assert on.
 """
 
 from __future__ import annotations
@@ -324,13 +329,18 @@ def main(argv):
       "run with XLA_FLAGS=--xla_force_host_platform_device_count=8, got "
       f"{jax.device_count()} devices ({os.environ.get('XLA_FLAGS')!r})")
   jax.config.update("jax_default_matmul_precision", "highest")
-  if argv[0] == "steps":
-    report = cmd_steps(argv[1], tuple(argv[2:]) or tuple(LAYOUTS))
-  elif argv[0] == "flops":
-    report = cmd_flops()
-  else:
-    raise SystemExit(f"unknown command {argv[0]!r}")
-  print(json.dumps(report))
+  reports = {}
+  for check in argv:
+    command, *rest = check.split(":")
+    if command == "steps" and len(rest) in (1, 2):
+      layouts = tuple(rest[1].split(",")) if len(rest) == 2 else tuple(
+          LAYOUTS)
+      reports[check] = cmd_steps(rest[0], layouts)
+    elif command == "flops" and not rest:
+      reports[check] = cmd_flops()
+    else:
+      raise SystemExit(f"unknown check {check!r}")
+  print(json.dumps(reports))
 
 
 if __name__ == "__main__":

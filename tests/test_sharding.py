@@ -22,23 +22,21 @@ import optax_muon as om
 from tests import reference as ref
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# One alias per kind of extra state placement: none (Muon; OGSignMuon is the
-# same skeleton), a matrix at the small side plus the batch axes (MomMuon;
-# AdaMuon's scalar per matrix is placed by the batch axes alone), a vector
-# along fan-out (NorMuon).
-WORKER_ALIASES = ["muon", "mommuon_every_2", "normuon"]
-# The layouts of tests/_sharding_worker.py each alias runs. Muon runs all
-# four. On a mesh MomMuon and NorMuon differ from it only in their extra
-# state, which init places like its param and each step hands through
-# MeshPlan.run: under Auto axes with its layout tied to the incoming state's
-# ("mixed", which has a leaf of every layout), under Explicit axes resharded
-# to it ("mixed_explicit_axes"). "mixed_no_split" (Auto, the same tie without
-# the split) and "fsdp_explicit_axes" (Explicit, a one-axis mesh) take the
-# same two paths; Muon runs them.
-ALL_LAYOUTS = ("mixed", "mixed_no_split", "mixed_explicit_axes",
-               "fsdp_explicit_axes")
+# The worker's step checks: one alias per kind of extra state placement:
+# none (Muon; OGSignMuon is the same skeleton), a matrix at the small side
+# plus the batch axes (MomMuon; AdaMuon's scalar per matrix is placed by the
+# batch axes alone), a vector along fan-out (NorMuon); and the layouts of
+# tests/_sharding_worker.py each runs. Muon runs all four. On a mesh MomMuon
+# and NorMuon differ from it only in their extra state, which init places
+# like its param and each step hands through MeshPlan.run: under Auto axes
+# with its layout tied to the incoming state's ("mixed", which has a leaf of
+# every layout), under Explicit axes resharded to it
+# ("mixed_explicit_axes"). "mixed_no_split" (Auto, the same tie without the
+# split) and "fsdp_explicit_axes" (Explicit, a one-axis mesh) take the same
+# two paths; Muon runs them.
 WORKER_LAYOUTS = {
-    "muon": ALL_LAYOUTS,
+    "muon": ("mixed", "mixed_no_split", "mixed_explicit_axes",
+             "fsdp_explicit_axes"),
     "mommuon_every_2": ("mixed", "mixed_explicit_axes"),
     "normuon": ("mixed", "mixed_explicit_axes"),
 }
@@ -47,45 +45,52 @@ SCALE_BY = [om.scale_by_muon, om.scale_by_adamuon, om.scale_by_mommuon,
 ALIASES = [om.muon, om.adamuon, om.mommuon, om.ogsignmuon, om.normuon]
 
 
-def _worker(*args, fast_compile=True):
-  """Runs ``python -m tests._sharding_worker *args`` on 8 CPU devices."""
-  flags = "--xla_force_host_platform_device_count=8"
-  if fast_compile:  # the step checks compile a dozen programs
-    flags += " --xla_backend_optimization_level=0"
+def _worker(*checks):
+  """Runs ``python -m tests._sharding_worker *checks`` on 8 CPU devices, at
+  backend optimisation level 0 (the step checks compile a dozen programs;
+  the flops check reads the partitioned HLO's cost analysis, the same at
+  every level); returns ``{check: report}``."""
+  flags = ("--xla_force_host_platform_device_count=8"
+           " --xla_backend_optimization_level=0")
   env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
   env["PYTHONPATH"] = os.pathsep.join(
       p for p in (ROOT, env.get("PYTHONPATH")) if p)
   proc = subprocess.run(
-      [sys.executable, "-m", "tests._sharding_worker", *args], cwd=ROOT,
+      [sys.executable, "-m", "tests._sharding_worker", *checks], cwd=ROOT,
       env=env, capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0, proc.stderr[-4000:]
   return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("alias", WORKER_ALIASES)
-def test_sharded_steps_match_one_device_and_reference(alias):
-  """Two steps with params laid out replicated / FSDP / tensor-parallel (all
-  in one tree, so one stack mixes them), with and without ns_mesh_axis,
-  under Auto and Explicit mesh axes (the layouts of WORKER_LAYOUTS): the
-  params match one device to 1e-4 and the NumPy reference; the state is
-  sharded like its param."""
-  report = _worker("steps", alias, *WORKER_LAYOUTS[alias])
-  assert set(report["layouts"]) == set(WORKER_LAYOUTS[alias])
-  for layout, r in report["layouts"].items():
-    assert r["vs_single_device"] < 1e-4, (layout, r)
-    assert r["state_vs_single_device"] < 1e-4, (layout, r)
-    assert r["vs_reference"] < r["rtol_reference"], (layout, r)
-    assert r["sharding_mismatches"] == [], (layout, r["sharding_mismatches"])
+def test_sharded_steps_match_one_device_and_reference_and_split_cuts_flops():
+  """One worker process on 8 devices runs every multi-device check.
 
+  Steps, for each alias of WORKER_LAYOUTS: two steps with params laid out
+  replicated / FSDP / tensor-parallel (all in one tree, so one stack mixes
+  them), with and without ns_mesh_axis, under Auto and Explicit mesh axes:
+  the params match one device to 1e-4 and the NumPy reference; the state is
+  sharded like its param.
 
-@pytest.mark.slow
-def test_split_cuts_per_device_flops():
-  """16 replicated kernels on 8 devices: with ns_mesh_axis each device
-  orthogonalises 2 of them instead of 16 (ideal ratio 0.125)."""
-  report = _worker("flops", fast_compile=False)
-  assert report["no_split"] > 0
-  assert report["ratio"] <= 0.25, report
+  Flops: 16 replicated kernels on 8 devices: with ns_mesh_axis each device
+  orthogonalises 2 of them instead of 16 (ideal ratio 0.125).
+  """
+  steps = {alias: f"steps:{alias}:{','.join(layouts)}"
+           for alias, layouts in WORKER_LAYOUTS.items()}
+  reports = _worker(*steps.values(), "flops")
+  for alias, check in steps.items():
+    report = reports[check]
+    assert set(report["layouts"]) == set(WORKER_LAYOUTS[alias]), alias
+    for layout, r in report["layouts"].items():
+      where = (alias, layout)
+      assert r["vs_single_device"] < 1e-4, (where, r)
+      assert r["state_vs_single_device"] < 1e-4, (where, r)
+      assert r["vs_reference"] < r["rtol_reference"], (where, r)
+      assert r["sharding_mismatches"] == [], (where,
+                                              r["sharding_mismatches"])
+  flops = reports["flops"]
+  assert flops["no_split"] > 0
+  assert flops["ratio"] <= 0.25, flops
 
 
 # ----------------------------------------------------- on one device ----
