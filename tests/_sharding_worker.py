@@ -10,6 +10,7 @@ with each ``CHECK`` one of
   steps:ALIAS              every layout of LAYOUTS (see cmd_steps)
   steps:ALIAS:LAYOUT,...   the named layouts
   flops                    see cmd_flops
+  example                  see cmd_example
 
 The checks run one after the other in the one process (one start, one
 import of jax). The process prints one JSON object on its last line,
@@ -19,9 +20,12 @@ tests assert on.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import io
 import json
 import os
+import runpy
 import sys
 
 import jax
@@ -324,6 +328,27 @@ def cmd_flops():
   return out
 
 
+EXAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
+    __file__))), "examples", "sharded_train.py")
+# One layer: the FSDP layout is the same in every layer.
+EXAMPLE_ARGS = ("--simulate", "8", "--steps", "10", "--d-model", "32",
+                "--layers", "1")
+
+
+def cmd_example():
+  """``examples/sharded_train.py`` with ``EXAMPLE_ARGS``, run as
+  ``__main__`` (its --simulate 8 asks for the 8 devices this process has);
+  what it prints."""
+  argv, out = sys.argv, io.StringIO()
+  sys.argv = [EXAMPLE, *EXAMPLE_ARGS]
+  try:
+    with contextlib.redirect_stdout(out):
+      runpy.run_path(EXAMPLE, run_name="__main__")
+  finally:
+    sys.argv = argv
+  return {"argv": list(EXAMPLE_ARGS), "stdout": out.getvalue()}
+
+
 def main(argv):
   assert jax.device_count() == 8, (
       "run with XLA_FLAGS=--xla_force_host_platform_device_count=8, got "
@@ -338,6 +363,8 @@ def main(argv):
       reports[check] = cmd_steps(rest[0], layouts)
     elif command == "flops" and not rest:
       reports[check] = cmd_flops()
+    elif command == "example" and not rest:
+      reports[check] = cmd_example()
     else:
       raise SystemExit(f"unknown check {check!r}")
   print(json.dumps(reports))

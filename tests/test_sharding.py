@@ -1,14 +1,16 @@
 """On a device mesh: sharded params and the split Newton–Schulz.
 
-The multi-device checks run in a separate process with 8 simulated CPU
-devices (``XLA_FLAGS=--xla_force_host_platform_device_count=8`` must be set
-before jax is imported), see ``tests/_sharding_worker.py``; the checks that
-need no second device run here.
+The multi-device checks (and examples/sharded_train.py on 8 devices) run in
+a separate process with 8 simulated CPU devices
+(``XLA_FLAGS=--xla_force_host_platform_device_count=8`` must be set before
+jax is imported), see ``tests/_sharding_worker.py``; the checks that need no
+second device run here.
 """
 
 import inspect
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -63,7 +65,7 @@ def _worker(*checks):
 
 
 @pytest.mark.slow
-def test_sharded_steps_match_one_device_and_reference_and_split_cuts_flops():
+def test_on_8_devices_steps_flops_and_the_sharded_train_example():
   """One worker process on 8 devices runs every multi-device check.
 
   Steps, for each alias of WORKER_LAYOUTS: two steps with params laid out
@@ -74,10 +76,13 @@ def test_sharded_steps_match_one_device_and_reference_and_split_cuts_flops():
 
   Flops: 16 replicated kernels on 8 devices: with ns_mesh_axis each device
   orthogonalises 2 of them instead of 16 (ideal ratio 0.125).
+
+  Example: examples/sharded_train.py --simulate 8 (one process): its loss
+  falls, and FSDP params and their momentum stay sharded.
   """
   steps = {alias: f"steps:{alias}:{','.join(layouts)}"
            for alias, layouts in WORKER_LAYOUTS.items()}
-  reports = _worker(*steps.values(), "flops")
+  reports = _worker(*steps.values(), "flops", "example")
   for alias, check in steps.items():
     report = reports[check]
     assert set(report["layouts"]) == set(WORKER_LAYOUTS[alias]), alias
@@ -91,6 +96,14 @@ def test_sharded_steps_match_one_device_and_reference_and_split_cuts_flops():
   flops = reports["flops"]
   assert flops["no_split"] > 0
   assert flops["ratio"] <= 0.25, flops
+  example = reports["example"]
+  assert example["argv"][:2] == ["--simulate", "8"]
+  out = example["stdout"]
+  assert "8 devices" in out and "ns_mesh_axis=data" in out, out
+  losses = [float(x) for x in re.findall(r"loss (\d+\.\d+)", out)]
+  assert len(losses) >= 2 and losses[-1] < losses[0] - 0.5, out
+  assert re.search(r"after training: .*P\(None, 'data'\) its momentum "
+                   r"P\(None, 'data'\)", out), out
 
 
 # ----------------------------------------------------- on one device ----
