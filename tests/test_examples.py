@@ -15,7 +15,7 @@ import pytest
 from flax import nnx
 
 import optax_muon as om
-from examples import compare, training
+from examples import compare, tasks, training
 from examples import optimizers as registry
 from examples.data import DataError, cifar10, fineweb, pydoc_text
 from examples.tasks import image, lm
@@ -291,15 +291,27 @@ def _compare(task, optimizers, steps, out, *extra):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("task, metric, optimizers, steps", [
-    ("image", "test_accuracy", "adamw,muon", 12),
-    ("implicit", "psnr", "adamw,muon,adamuon,mommuon,ogsignmuon,normuon", 12),
+@pytest.mark.parametrize("task, metric, optimizers, steps, lr", [
+    ("image", "test_accuracy", "adamw,muon", 12, None),
+    ("implicit", "psnr", "adamw,muon,adamuon,mommuon,ogsignmuon,normuon", 12,
+     "adamw=0.0123"),
 ])  # lm: test_compare_lm_trains_records_max_logits_and_qk_clip_caps_them
 def test_compare_trains_every_optimizer(tmp_path, capsys, task, metric,
-                                        optimizers, steps):
-  record = _compare(task, optimizers, steps, tmp_path / "out")
+                                        optimizers, steps, lr):
+  """Every optimizer trains; --lr NAME=VALUE sets one optimizer's learning
+  rate (the others keep the task's defaults)."""
+  record = _compare(task, optimizers, steps, tmp_path / "out",
+                    *(("--lr", lr) if lr else ()))
   _check_compare_run(tmp_path / "out", record, capsys.readouterr().out, task,
                      metric, optimizers, steps)
+  if lr:
+    name, value = lr.split("=")
+    rates = {r["optimizer"]: r["learning_rate"] for r in record["runs"]}
+    assert rates[name] == float(value)
+    for other, rate in rates.items():
+      if other != name:
+        assert rate == registry.default_lr(
+            other, tasks.get(task).LEARNING_RATES), other
 
 
 @pytest.mark.slow
@@ -316,12 +328,7 @@ def test_compare_lr_override_options_and_sweep(tmp_path):
   first, last = ([r["history"][0][1] - r["history"][-1][1]]
                  for r in record["runs"])
   assert last > first
-
-  record = compare.main([
-      "--task", "implicit", "--tiny", "--steps", "2", "--optimizers",
-      "adamw", "--lr", "adamw=0.0123", "--out", str(tmp_path),
-      "--num-evals", "1", "--no-progress"])
-  assert record["runs"][0]["learning_rate"] == 0.0123
+  # --lr NAME=VALUE: in test_compare_trains_every_optimizer[implicit...].
 
 
 @pytest.mark.slow
