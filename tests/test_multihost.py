@@ -87,11 +87,14 @@ def _launch(make_argv, devices_per_process=2):
 
 def _check_example(outs):
   """examples/sharded_train.py on the cluster: both processes finish,
-  report the 4-device cluster, and print the same finite, falling losses."""
+  report the 4-device cluster, print the same finite, falling losses, and
+  keep the FSDP params and their momentum sharded."""
   losses = []
   for out in outs:
     assert "4 devices (cpu), 2 process(es)" in out, out
     assert "ns_mesh_axis=data" in out, out
+    assert re.search(r"after training: .*P\(None, 'data'\) its momentum "
+                     r"P\(None, 'data'\)", out), out
     losses.append([float(x) for x in re.findall(r"loss (\S+)", out)])
   assert losses[0] == losses[1], losses
   assert len(losses[0]) >= 2 and all(np.isfinite(losses[0])), outs[0]
