@@ -21,6 +21,7 @@ import optax
 import pytest
 
 import optax_muon as om
+from tests import _sharding_worker as sw
 from tests import reference as ref
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,17 +29,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # none (Muon; OGSignMuon is the same skeleton), a matrix at the small side
 # plus the batch axes (MomMuon; AdaMuon's scalar per matrix is placed by the
 # batch axes alone), a vector along fan-out (NorMuon); and the layouts of
-# tests/_sharding_worker.py each runs. Muon runs all four. On a mesh MomMuon
-# and NorMuon differ from it only in their extra state, which init places
-# like its param and each step hands through MeshPlan.run: under Auto axes
-# with its layout tied to the incoming state's ("mixed", which has a leaf of
-# every layout), under Explicit axes resharded to it
-# ("mixed_explicit_axes"). "mixed_no_split" (Auto, the same tie without the
-# split) and "fsdp_explicit_axes" (Explicit, a one-axis mesh) take the same
-# two paths; Muon runs them.
+# tests/_sharding_worker.py each runs: every alias one layout under Auto and
+# one under Explicit axes, every layout at least once. MomMuon and NorMuon
+# are Muon's skeleton plus extra state, which init places like its param
+# and each step hands through MeshPlan.run (under Auto axes tied to the
+# incoming layout, under Explicit axes resharded to it): they take the
+# layouts with a split over both axes of the mesh with a leaf of every
+# layout ("mixed", "mixed_explicit_axes"), which run Muon's own path too;
+# Muon takes the other two ("mixed_no_split", "fsdp_explicit_axes"). Muon's
+# steps on mixed layouts with a split also run on two processes in
+# test_multihost.py.
 WORKER_LAYOUTS = {
-    "muon": ("mixed", "mixed_no_split", "mixed_explicit_axes",
-             "fsdp_explicit_axes"),
+    "muon": ("mixed_no_split", "fsdp_explicit_axes"),
     "mommuon_every_2": ("mixed", "mixed_explicit_axes"),
     "normuon": ("mixed", "mixed_explicit_axes"),
 }
@@ -80,6 +82,7 @@ def test_on_8_devices_steps_flops_and_the_sharded_train_example():
   Example: examples/sharded_train.py --simulate 8 (one process): its loss
   falls, and FSDP params and their momentum stay sharded.
   """
+  assert set().union(*WORKER_LAYOUTS.values()) == set(sw.LAYOUTS)
   steps = {alias: f"steps:{alias}:{','.join(layouts)}"
            for alias, layouts in WORKER_LAYOUTS.items()}
   reports = _worker(*steps.values(), "flops", "example")
