@@ -2,11 +2,14 @@
 
 Several of these processes, each with 2 simulated CPU devices
 (``XLA_FLAGS=--xla_force_host_platform_device_count=2`` set before jax is
-imported), join one JAX cluster on the loopback address and run the
-optimizer over a mesh of every process's devices. Usage::
+imported) and one JAX cluster on the loopback address. Usage::
 
   python -m tests._multihost_worker COORDINATOR NUM_PROCESSES PROCESS_ID OUT
 
+Each process first runs ``examples/sharded_train.py`` as a user starts it
+on each host (``--coordinator`` / ``--num-processes`` / ``--process-id``),
+which joins the cluster, trains and prints its losses to stdout; then, in
+the same cluster, the optimizer over a mesh of every process's devices.
 Each process writes ``OUT/process_{PROCESS_ID}.npz``: for every layout and
 step, the whole (gathered) params, named ``{layout}/{step}/{leaf}``.
 """
@@ -14,6 +17,7 @@ step, the whole (gathered) params, named ``{layout}/{step}/{leaf}``.
 from __future__ import annotations
 
 import os
+import runpy
 import sys
 
 import jax
@@ -24,6 +28,12 @@ from jax.sharding import PartitionSpec as P
 from tests import _sharding_worker as sw
 
 DEVICES_PER_PROCESS = 2
+EXAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
+    __file__))), "examples", "sharded_train.py")
+# The example's model and run, small: one layer (half the compilation and
+# the cross-process traffic of the default two), 10 steps.
+EXAMPLE_ARGS = ("--simulate", str(DEVICES_PER_PROCESS), "--steps", "10",
+                "--d-model", "32", "--layers", "1")
 
 # layout -> (mesh shape, axis names, axis type, param specs, ns_mesh_axis).
 # Mesh axes span both processes: "d" (4 devices) and "data" (2 devices, one
@@ -48,31 +58,70 @@ def _place(tree, mesh, specs):
   return out
 
 
-def _gather(tree, mesh):
-  """Every leaf replicated on every device, returned as host arrays."""
+def _gather(trees, mesh):
+  """Every leaf of every tree replicated on every device, returned as host
+  arrays (one program for the whole list)."""
   replicated = NamedSharding(mesh, P())
-  tree = jax.jit(lambda t: t, out_shardings=replicated)(tree)
-  return {k: np.asarray(v.addressable_data(0)) for k, v in tree.items()}
+  trees = jax.jit(lambda t: t, out_shardings=replicated)(trees)
+  return [{k: np.asarray(v.addressable_data(0)) for k, v in tree.items()}
+          for tree in trees]
+
+
+def _on_mesh(tree, mesh):
+  """``tree`` with every leaf a global array on ``mesh``: leaves ``init``
+  made on the local device only (step counts) become replicated."""
+  def put(x):
+    if isinstance(x.sharding, NamedSharding) and x.sharding.mesh == mesh:
+      return x
+    value = np.asarray(x)
+    return jax.make_array_from_callback(
+        value.shape, NamedSharding(mesh, P()), lambda index: value[index])
+  return jax.tree.map(put, tree)
 
 
 def run_layout(layout):
   """``sw.STEPS`` steps of ``om.muon`` on the layout's mesh; the gathered
-  params after each step."""
+  params after each step.
+
+  The step's outputs are pinned to the layouts its inputs had, as a training
+  loop pins them (examples/sharded_train.py), so that every step runs the
+  one compiled program; under Auto axes the partitioner would otherwise lay
+  out the outputs its own way and the second step would compile again. The
+  layouts themselves are checked on one process by test_sharding.py.
+  """
   shape, names, axis_type, specs, split = LAYOUTS[layout]
   mesh = jax.make_mesh(shape, names, axis_types=(axis_type,) * len(shape))
   with jax.set_mesh(mesh):
     tx = sw._make_tx("muon", ns_mesh_axis=split)
-    traj, _, _ = sw._run(tx, _place(sw._params(), mesh, specs),
-                         lambda t: _place(t, mesh, specs))
-    return [_gather(p, mesh) for p in traj]
+    params = _place(sw._params(), mesh, specs)
+    state = _on_mesh(tx.init(params), mesh)
+    layouts = jax.tree.map(lambda x: x.sharding, (params, state))
+    step = jax.jit(lambda g, s, p: sw._apply(tx, g, s, p),
+                   out_shardings=layouts)
+    traj = []
+    for t in range(sw.STEPS):
+      params, state = step(_place(sw._grads(t), mesh, specs), state, params)
+      traj.append(params)
+    return _gather(traj, mesh)
+
+
+def run_example(coordinator, num_processes, process_id):
+  """``examples/sharded_train.py`` run as ``__main__`` with the command line
+  of one host of the cluster; it selects Gloo and calls
+  ``jax.distributed.initialize`` itself."""
+  argv = sys.argv
+  sys.argv = [EXAMPLE, *EXAMPLE_ARGS, "--coordinator", coordinator,
+              "--num-processes", num_processes, "--process-id", process_id]
+  try:
+    runpy.run_path(EXAMPLE, run_name="__main__")
+  finally:
+    sys.argv = argv
+  sys.stdout.flush()
 
 
 def main(argv):
   coordinator, num_processes, process_id, out = argv
-  jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  jax.distributed.initialize(coordinator, num_processes=int(num_processes),
-                             process_id=int(process_id),
-                             initialization_timeout=120)
+  run_example(coordinator, num_processes, process_id)
   want = DEVICES_PER_PROCESS * int(num_processes)
   assert jax.device_count() == want and jax.process_count() == int(
       num_processes), (jax.device_count(), jax.process_count(),

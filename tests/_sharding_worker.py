@@ -3,18 +3,29 @@
 The process must start with ``XLA_FLAGS=--xla_force_host_platform_device_count=8``
 (set before jax is imported) so that the CPU backend has 8 devices. Usage::
 
-  python -m tests._sharding_worker steps ALIAS
-  python -m tests._sharding_worker flops
+  python -m tests._sharding_worker CHECK [CHECK ...]
 
-Each command prints one JSON object on its last line: numbers and
-descriptions of what went wrong, which the tests assert on.
+with each ``CHECK`` one of
+
+  steps:ALIAS              every layout of LAYOUTS (see cmd_steps)
+  steps:ALIAS:LAYOUT,...   the named layouts
+  flops                    see cmd_flops
+  example                  see cmd_example
+
+The checks run one after the other in the one process (one start, one
+import of jax). The process prints one JSON object on its last line,
+``{CHECK: report}``: numbers and descriptions of what went wrong, which the
+tests assert on.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import io
 import json
 import os
+import runpy
 import sys
 
 import jax
@@ -246,15 +257,17 @@ def _param_shaped_mismatches(tree, specs, mesh, when, exact):
   return bad
 
 
-def cmd_steps(alias_name):
-  """Every layout: params after each step against one device and against
-  the NumPy reference; state shardings after init and after the steps."""
+def cmd_steps(alias_name, layouts=tuple(LAYOUTS)):
+  """Each of ``layouts``: params after each step against one device and
+  against the NumPy reference; state shardings after init and after the
+  steps."""
   rtol_ref = ALIASES[alias_name][4]
   want = _reference_trajectory(alias_name)
   params0 = _params()
   single, _, single_state = _run(_make_tx(alias_name), params0)
   report = {"layouts": {}}
-  for layout, ((shape, names), axis_type, specs, split) in LAYOUTS.items():
+  for layout in layouts:
+    (shape, names), axis_type, specs, split = LAYOUTS[layout]
     mesh = jax.make_mesh(shape, names, axis_types=(axis_type,) * len(shape))
     place = lambda tree, specs=specs, mesh=mesh: {
         k: jax.device_put(v, NamedSharding(mesh, specs[k]))
@@ -315,18 +328,46 @@ def cmd_flops():
   return out
 
 
+EXAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
+    __file__))), "examples", "sharded_train.py")
+# One layer: the FSDP layout is the same in every layer.
+EXAMPLE_ARGS = ("--simulate", "8", "--steps", "10", "--d-model", "32",
+                "--layers", "1")
+
+
+def cmd_example():
+  """``examples/sharded_train.py`` with ``EXAMPLE_ARGS``, run as
+  ``__main__`` (its --simulate 8 asks for the 8 devices this process has);
+  what it prints."""
+  argv, out = sys.argv, io.StringIO()
+  sys.argv = [EXAMPLE, *EXAMPLE_ARGS]
+  try:
+    with contextlib.redirect_stdout(out):
+      runpy.run_path(EXAMPLE, run_name="__main__")
+  finally:
+    sys.argv = argv
+  return {"argv": list(EXAMPLE_ARGS), "stdout": out.getvalue()}
+
+
 def main(argv):
   assert jax.device_count() == 8, (
       "run with XLA_FLAGS=--xla_force_host_platform_device_count=8, got "
       f"{jax.device_count()} devices ({os.environ.get('XLA_FLAGS')!r})")
   jax.config.update("jax_default_matmul_precision", "highest")
-  if argv[0] == "steps":
-    report = cmd_steps(argv[1])
-  elif argv[0] == "flops":
-    report = cmd_flops()
-  else:
-    raise SystemExit(f"unknown command {argv[0]!r}")
-  print(json.dumps(report))
+  reports = {}
+  for check in argv:
+    command, *rest = check.split(":")
+    if command == "steps" and len(rest) in (1, 2):
+      layouts = tuple(rest[1].split(",")) if len(rest) == 2 else tuple(
+          LAYOUTS)
+      reports[check] = cmd_steps(rest[0], layouts)
+    elif command == "flops" and not rest:
+      reports[check] = cmd_flops()
+    elif command == "example" and not rest:
+      reports[check] = cmd_example()
+    else:
+      raise SystemExit(f"unknown check {check!r}")
+  print(json.dumps(reports))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Several hosts, simulated: 2 processes x 2 CPU devices on the loopback address.
 
-Each test starts 2 processes that join one JAX cluster
+The test starts 2 processes that join one JAX cluster
 (``jax.distributed.initialize("127.0.0.1:PORT", num_processes=2,
 process_id=i)``, CPU collectives over Gloo) and run over a mesh of all 4
 devices, so the optimizer's collectives cross the process boundary. The
@@ -85,16 +85,26 @@ def _launch(make_argv, devices_per_process=2):
     pytest.fail(errors)
 
 
-def test_steps_on_a_two_process_mesh_match_one_process(tmp_path):
-  """om.muon over 4 devices in 2 processes, FSDP (Explicit axes) and mixed
-  FSDP / tensor-parallel (Auto axes), with and without ns_mesh_axis: the
-  params after each step match one process on one device and the float64
-  NumPy reference, and both processes see the same values."""
-  _launch(lambda coordinator, i: [
-      sys.executable, "-m", "tests._multihost_worker", coordinator,
-      str(NUM_PROCESSES), str(i), str(tmp_path)])
-  results = [np.load(tmp_path / f"process_{i}.npz")
-             for i in range(NUM_PROCESSES)]
+def _check_example(outs):
+  """examples/sharded_train.py on the cluster: both processes finish,
+  report the 4-device cluster, print the same finite, falling losses, and
+  keep the FSDP params and their momentum sharded."""
+  losses = []
+  for out in outs:
+    assert "4 devices (cpu), 2 process(es)" in out, out
+    assert "ns_mesh_axis=data" in out, out
+    assert re.search(r"after training: .*P\(None, 'data'\) its momentum "
+                     r"P\(None, 'data'\)", out), out
+    losses.append([float(x) for x in re.findall(r"loss (\S+)", out)])
+  assert losses[0] == losses[1], losses
+  assert len(losses[0]) >= 2 and all(np.isfinite(losses[0])), outs[0]
+  assert losses[0][-1] < losses[0][0] - 0.5, outs[0]
+
+
+def _check_layouts(results):
+  """om.muon's params after each step, per layout: the same in every
+  process, and matching one process on one device and the float64 NumPy
+  reference."""
   params0 = sw._params()
   single, _, _ = sw._run(sw._make_tx("muon"), params0)
   want = sw._reference_trajectory("muon")
@@ -112,20 +122,15 @@ def test_steps_on_a_two_process_mesh_match_one_process(tmp_path):
         assert vs_ref < F32_RTOL, (name, vs_ref)
 
 
-def test_sharded_train_example_on_two_processes():
-  """examples/sharded_train.py with --coordinator / --num-processes /
-  --process-id: both processes finish, report the 4-device cluster, and
-  print the same finite, falling losses."""
+def test_example_and_steps_on_a_two_process_mesh(tmp_path):
+  """One cluster of 2 processes (one start for both checks): first
+  examples/sharded_train.py with --coordinator / --num-processes /
+  --process-id in each (see _check_example); then om.muon over the 4
+  devices, FSDP (Explicit axes) and mixed FSDP / tensor-parallel (Auto axes),
+  with and without ns_mesh_axis (see _check_layouts)."""
   outs = _launch(lambda coordinator, i: [
-      sys.executable, os.path.join(ROOT, "examples", "sharded_train.py"),
-      "--simulate", "2", "--coordinator", coordinator,
-      "--num-processes", str(NUM_PROCESSES), "--process-id", str(i),
-      "--steps", "10", "--d-model", "32"])
-  losses = []
-  for out in outs:
-    assert "4 devices (cpu), 2 process(es)" in out, out
-    assert "ns_mesh_axis=data" in out, out
-    losses.append([float(x) for x in re.findall(r"loss (\S+)", out)])
-  assert losses[0] == losses[1], losses
-  assert len(losses[0]) >= 2 and all(np.isfinite(losses[0])), outs[0]
-  assert losses[0][-1] < losses[0][0] - 0.5, outs[0]
+      sys.executable, "-m", "tests._multihost_worker", coordinator,
+      str(NUM_PROCESSES), str(i), str(tmp_path)])
+  _check_example(outs)
+  _check_layouts([np.load(tmp_path / f"process_{i}.npz")
+                  for i in range(NUM_PROCESSES)])

@@ -1,14 +1,16 @@
 """On a device mesh: sharded params and the split Newton–Schulz.
 
-The multi-device checks run in a separate process with 8 simulated CPU
-devices (``XLA_FLAGS=--xla_force_host_platform_device_count=8`` must be set
-before jax is imported), see ``tests/_sharding_worker.py``; the checks that
-need no second device run here.
+The multi-device checks (and examples/sharded_train.py on 8 devices) run in
+a separate process with 8 simulated CPU devices
+(``XLA_FLAGS=--xla_force_host_platform_device_count=8`` must be set before
+jax is imported), see ``tests/_sharding_worker.py``; the checks that need no
+second device run here.
 """
 
 import inspect
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -19,58 +21,92 @@ import optax
 import pytest
 
 import optax_muon as om
+from tests import _sharding_worker as sw
 from tests import reference as ref
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# One alias per kind of extra state placement: none (Muon; OGSignMuon is the
-# same skeleton), a matrix at the small side plus the batch axes (MomMuon;
-# AdaMuon's scalar per matrix is placed by the batch axes alone), a vector
-# along fan-out (NorMuon).
-WORKER_ALIASES = ["muon", "mommuon_every_2", "normuon"]
+# The worker's step checks: one alias per kind of extra state placement:
+# none (Muon; OGSignMuon is the same skeleton), a matrix at the small side
+# plus the batch axes (MomMuon; AdaMuon's scalar per matrix is placed by the
+# batch axes alone), a vector along fan-out (NorMuon); and the layouts of
+# tests/_sharding_worker.py each runs: every alias one layout under Auto and
+# one under Explicit axes, every layout at least once. MomMuon and NorMuon
+# are Muon's skeleton plus extra state, which init places like its param
+# and each step hands through MeshPlan.run (under Auto axes tied to the
+# incoming layout, under Explicit axes resharded to it): they take the
+# layouts with a split over both axes of the mesh with a leaf of every
+# layout ("mixed", "mixed_explicit_axes"), which run Muon's own path too;
+# Muon takes the other two ("mixed_no_split", "fsdp_explicit_axes"). Muon's
+# steps on mixed layouts with a split also run on two processes in
+# test_multihost.py.
+WORKER_LAYOUTS = {
+    "muon": ("mixed_no_split", "fsdp_explicit_axes"),
+    "mommuon_every_2": ("mixed", "mixed_explicit_axes"),
+    "normuon": ("mixed", "mixed_explicit_axes"),
+}
 SCALE_BY = [om.scale_by_muon, om.scale_by_adamuon, om.scale_by_mommuon,
             om.scale_by_ogsignmuon, om.scale_by_normuon]
 ALIASES = [om.muon, om.adamuon, om.mommuon, om.ogsignmuon, om.normuon]
 
 
-def _worker(*args, fast_compile=True):
-  """Runs ``python -m tests._sharding_worker *args`` on 8 CPU devices."""
-  flags = "--xla_force_host_platform_device_count=8"
-  if fast_compile:  # the step checks compile a dozen programs
-    flags += " --xla_backend_optimization_level=0"
+def _worker(*checks):
+  """Runs ``python -m tests._sharding_worker *checks`` on 8 CPU devices, at
+  backend optimisation level 0 (the step checks compile a dozen programs;
+  the flops check reads the partitioned HLO's cost analysis, the same at
+  every level); returns ``{check: report}``."""
+  flags = ("--xla_force_host_platform_device_count=8"
+           " --xla_backend_optimization_level=0")
   env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
   env["PYTHONPATH"] = os.pathsep.join(
       p for p in (ROOT, env.get("PYTHONPATH")) if p)
   proc = subprocess.run(
-      [sys.executable, "-m", "tests._sharding_worker", *args], cwd=ROOT,
+      [sys.executable, "-m", "tests._sharding_worker", *checks], cwd=ROOT,
       env=env, capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0, proc.stderr[-4000:]
   return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("alias", WORKER_ALIASES)
-def test_sharded_steps_match_one_device_and_reference(alias):
-  """Two steps with params laid out replicated / FSDP / tensor-parallel (all
-  in one tree, so one stack mixes them), with and without ns_mesh_axis,
-  under Auto and Explicit mesh axes: the params match one device to 1e-4
-  and the NumPy reference; the state is sharded like its param."""
-  report = _worker("steps", alias)
-  assert set(report["layouts"]) == {
-      "mixed", "mixed_no_split", "mixed_explicit_axes", "fsdp_explicit_axes"}
-  for layout, r in report["layouts"].items():
-    assert r["vs_single_device"] < 1e-4, (layout, r)
-    assert r["state_vs_single_device"] < 1e-4, (layout, r)
-    assert r["vs_reference"] < r["rtol_reference"], (layout, r)
-    assert r["sharding_mismatches"] == [], (layout, r["sharding_mismatches"])
+def test_on_8_devices_steps_flops_and_the_sharded_train_example():
+  """One worker process on 8 devices runs every multi-device check.
 
+  Steps, for each alias of WORKER_LAYOUTS: two steps with params laid out
+  replicated / FSDP / tensor-parallel (all in one tree, so one stack mixes
+  them), with and without ns_mesh_axis, under Auto and Explicit mesh axes:
+  the params match one device to 1e-4 and the NumPy reference; the state is
+  sharded like its param.
 
-@pytest.mark.slow
-def test_split_cuts_per_device_flops():
-  """16 replicated kernels on 8 devices: with ns_mesh_axis each device
-  orthogonalises 2 of them instead of 16 (ideal ratio 0.125)."""
-  report = _worker("flops", fast_compile=False)
-  assert report["no_split"] > 0
-  assert report["ratio"] <= 0.25, report
+  Flops: 16 replicated kernels on 8 devices: with ns_mesh_axis each device
+  orthogonalises 2 of them instead of 16 (ideal ratio 0.125).
+
+  Example: examples/sharded_train.py --simulate 8 (one process): its loss
+  falls, and FSDP params and their momentum stay sharded.
+  """
+  assert set().union(*WORKER_LAYOUTS.values()) == set(sw.LAYOUTS)
+  steps = {alias: f"steps:{alias}:{','.join(layouts)}"
+           for alias, layouts in WORKER_LAYOUTS.items()}
+  reports = _worker(*steps.values(), "flops", "example")
+  for alias, check in steps.items():
+    report = reports[check]
+    assert set(report["layouts"]) == set(WORKER_LAYOUTS[alias]), alias
+    for layout, r in report["layouts"].items():
+      where = (alias, layout)
+      assert r["vs_single_device"] < 1e-4, (where, r)
+      assert r["state_vs_single_device"] < 1e-4, (where, r)
+      assert r["vs_reference"] < r["rtol_reference"], (where, r)
+      assert r["sharding_mismatches"] == [], (where,
+                                              r["sharding_mismatches"])
+  flops = reports["flops"]
+  assert flops["no_split"] > 0
+  assert flops["ratio"] <= 0.25, flops
+  example = reports["example"]
+  assert example["argv"][:2] == ["--simulate", "8"]
+  out = example["stdout"]
+  assert "8 devices" in out and "ns_mesh_axis=data" in out, out
+  losses = [float(x) for x in re.findall(r"loss (\d+\.\d+)", out)]
+  assert len(losses) >= 2 and losses[-1] < losses[0] - 0.5, out
+  assert re.search(r"after training: .*P\(None, 'data'\) its momentum "
+                   r"P\(None, 'data'\)", out), out
 
 
 # ----------------------------------------------------- on one device ----
