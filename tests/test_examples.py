@@ -334,40 +334,42 @@ def test_compare_lr_override_options_and_sweep(tmp_path):
 @pytest.mark.slow
 def test_compare_lm_trains_records_max_logits_and_qk_clip_caps_them(
     tmp_path, capsys):
-  """The lm task trains Muon like the other tasks
+  """compare.py --task lm --qk-clip TAU trains Muon like the other tasks
   (test_compare_trains_every_optimizer's checks; as ``muon~tagged``: a
-  ``~TAG`` suffix names one more run of a preset; AdamW trains on lm in
+  ``~TAG`` suffix names one more run of a preset; AdamW trains on lm, and
+  records its logits unclipped, in
   test_compare_lm_gpt2_small_bf16_reports_tokens_and_target) and records
-  each step's largest attention logit; with --qk-clip TAU every step after a
-  clip starts from logits near TAU (the next batch and update move them a
-  little); --target-loss sets the target of steps_to_target. Both runs
-  start from the same loss and logits (same seed, data and start)."""
-  steps, optimizers = 12, "muon~tagged"
-  plain = _compare("lm", optimizers, steps, tmp_path / "a")
-  _check_compare_run(tmp_path / "a", plain, capsys.readouterr().out, "lm",
-                     "val_loss", optimizers, steps)
-  tau = 0.5
-  clipped = _compare("lm", "muon~tagged", steps, tmp_path / "b",
-                     "--qk-clip", str(tau), "--target-loss", "100")
-  assert plain["qk_clip"] is None and clipped["qk_clip"] == tau
-  (a,), (b,) = plain["runs"], clipped["runs"]
-  assert a["optimizer"] == b["optimizer"] == "muon~tagged"
-  assert a["qk_clip"] is None
-  for run in (a, b):
-    assert [s for s, _ in run["max_logit_history"]] == list(
-        range(1, steps + 1))
-  np.testing.assert_allclose(a["history"][0][1], b["history"][0][1],
-                             rtol=1e-5)
-  assert a["max_logit_history"][0] == b["max_logit_history"][0]
-  assert a["max_logit_history"][0][1] > 4 * tau  # so step 1 clips
-  assert max(v for _, v in b["max_logit_history"][1:]) < 2 * tau
-  assert b["qk_clip"] == tau
+  each step's largest attention logit. Step 1 runs the initial model (its
+  loss and largest logit are the model's own on the first batch, well above
+  TAU, so step 1 clips); every step after a clip starts from logits near
+  TAU (the next batch and update move them a little). --target-loss sets
+  the target of steps_to_target."""
+  steps, tau = 12, 0.5
+  record = _compare("lm", "muon~tagged", steps, tmp_path / "out",
+                    "--qk-clip", str(tau), "--target-loss", "100")
+  _check_compare_run(tmp_path / "out", record, capsys.readouterr().out, "lm",
+                     "val_loss", "muon~tagged", steps)
+  assert record["qk_clip"] == tau
+  (run,) = record["runs"]
+  assert run["qk_clip"] == tau
+  assert [s for s, _ in run["max_logit_history"]] == list(range(1, steps + 1))
+  # The same seed (3) gives compare.py's initial weights and first batch.
+  task = lm.make_task(tiny=True)
+  loss, max_logits = nnx.jit(task.max_logits_loss)(
+      task.make_model(nnx.Rngs(3)),
+      next(task.batches(np.random.default_rng(3))))
+  top = max(float(jnp.max(v)) for v in max_logits.values())
+  np.testing.assert_allclose(run["history"][0][1], float(loss), rtol=1e-5)
+  np.testing.assert_allclose(run["max_logit_history"][0][1], top, rtol=1e-5)
+  assert top > 4 * tau  # so step 1 clips
+  assert max(v for _, v in run["max_logit_history"][1:]) < 2 * tau
   # An explicit target, reached at once; one below every loss, never.
-  assert clipped["target_loss"]["value"] == 100.0
-  assert clipped["target_loss"]["source"] == "--target-loss"
-  assert b["steps_to_target"] == 1
+  assert record["target_loss"] == {
+      "value": 100.0, "source": "--target-loss",
+      "smoothing": "mean of the last 10 steps' losses"}
+  assert run["steps_to_target"] == 1
   assert training.steps_to_target(
-      [tuple(x) for x in b["history"]], 0.0) is None
+      [tuple(x) for x in run["history"]], 0.0) is None
 
 
 @pytest.mark.parametrize("task, expected", [
