@@ -334,39 +334,42 @@ def test_compare_lr_override_options_and_sweep(tmp_path):
 @pytest.mark.slow
 def test_compare_lm_trains_records_max_logits_and_qk_clip_caps_them(
     tmp_path, capsys):
-  """The lm task trains AdamW and Muon like the other tasks
-  (test_compare_trains_every_optimizer's checks; Muon as ``muon~tagged``: a
-  ``~TAG`` suffix names one more run of a preset) and records each step's
-  largest attention logit; with --qk-clip TAU every step after a clip starts
-  from logits near TAU (the next batch and update move them a little);
-  --target-loss sets the target of steps_to_target. The unclipped runs are
-  the first compare.py run's; the clipped one is Muon's."""
-  steps, optimizers = 12, "adamw,muon~tagged"
-  plain = _compare("lm", optimizers, steps, tmp_path / "a")
-  _check_compare_run(tmp_path / "a", plain, capsys.readouterr().out, "lm",
-                     "val_loss", optimizers, steps)
-  tau = 0.5
-  clipped = _compare("lm", "muon~tagged", steps, tmp_path / "b",
-                     "--qk-clip", str(tau), "--target-loss", "100")
-  assert plain["qk_clip"] is None and clipped["qk_clip"] == tau
-  for a in plain["runs"]:
-    assert [s for s, _ in a["max_logit_history"]] == list(
-        range(1, steps + 1))
-    assert a["qk_clip"] is None
-  (b,) = clipped["runs"]
-  a = plain["runs"][1]
-  assert a["optimizer"] == b["optimizer"] == "muon~tagged"
-  assert [s for s, _ in b["max_logit_history"]] == list(range(1, steps + 1))
-  assert a["max_logit_history"][0] == b["max_logit_history"][0]
-  assert a["max_logit_history"][0][1] > 4 * tau  # so step 1 clips
-  assert max(v for _, v in b["max_logit_history"][1:]) < 2 * tau
-  assert b["qk_clip"] == tau
+  """compare.py --task lm --qk-clip TAU trains Muon like the other tasks
+  (test_compare_trains_every_optimizer's checks; as ``muon~tagged``: a
+  ``~TAG`` suffix names one more run of a preset; AdamW trains on lm, and
+  records its logits unclipped, in
+  test_compare_lm_gpt2_small_bf16_reports_tokens_and_target) and records
+  each step's largest attention logit. Step 1 runs the initial model (its
+  loss and largest logit are the model's own on the first batch, well above
+  TAU, so step 1 clips); every step after a clip starts from logits near
+  TAU (the next batch and update move them a little). --target-loss sets
+  the target of steps_to_target."""
+  steps, tau = 12, 0.5
+  record = _compare("lm", "muon~tagged", steps, tmp_path / "out",
+                    "--qk-clip", str(tau), "--target-loss", "100")
+  _check_compare_run(tmp_path / "out", record, capsys.readouterr().out, "lm",
+                     "val_loss", "muon~tagged", steps)
+  assert record["qk_clip"] == tau
+  (run,) = record["runs"]
+  assert run["qk_clip"] == tau
+  assert [s for s, _ in run["max_logit_history"]] == list(range(1, steps + 1))
+  # The same seed (3) gives compare.py's initial weights and first batch.
+  task = lm.make_task(tiny=True)
+  loss, max_logits = nnx.jit(task.max_logits_loss)(
+      task.make_model(nnx.Rngs(3)),
+      next(task.batches(np.random.default_rng(3))))
+  top = max(float(jnp.max(v)) for v in max_logits.values())
+  np.testing.assert_allclose(run["history"][0][1], float(loss), rtol=1e-5)
+  np.testing.assert_allclose(run["max_logit_history"][0][1], top, rtol=1e-5)
+  assert top > 4 * tau  # so step 1 clips
+  assert max(v for _, v in run["max_logit_history"][1:]) < 2 * tau
   # An explicit target, reached at once; one below every loss, never.
-  assert clipped["target_loss"]["value"] == 100.0
-  assert clipped["target_loss"]["source"] == "--target-loss"
-  assert b["steps_to_target"] == 1
+  assert record["target_loss"] == {
+      "value": 100.0, "source": "--target-loss",
+      "smoothing": "mean of the last 10 steps' losses"}
+  assert run["steps_to_target"] == 1
   assert training.steps_to_target(
-      [tuple(x) for x in b["history"]], 0.0) is None
+      [tuple(x) for x in run["history"]], 0.0) is None
 
 
 @pytest.mark.parametrize("task, expected", [
@@ -526,8 +529,14 @@ def test_compare_lm_gpt2_small_bf16_reports_tokens_and_target(tmp_path,
       "preset": "gpt2-small", "tiny": True, "n_layers": 2, "d_model": 48,
       "n_heads": 12, "seq_len": 16, "vocab_size": 256, "batch_size": 4,
       "dtype": "bfloat16", "param_dtype": "float32"}
+  # AdamW trains on the lm task (the checks of
+  # test_compare_trains_every_optimizer) and records the attention logits.
+  _check_results(record, "lm", 6, ["adamw"], "val_loss")
   (run,) = record["runs"]
   assert all(math.isfinite(v) for _, v in run["history"])
+  losses = [v for _, v in run["history"]]
+  assert np.mean(losses[-3:]) < losses[0]
+  assert [s for s, _ in run["max_logit_history"]] == list(range(1, 7))
   # The default target is AdamW's own final train loss: reached by step 6.
   assert record["target_loss"] == {
       "value": run["final_train_loss"], "source": "adamw final_train_loss",
@@ -539,7 +548,7 @@ def test_compare_lm_gpt2_small_bf16_reports_tokens_and_target(tmp_path,
   np.testing.assert_allclose(run["tokens_per_second"],
                              64 * 1000 / run["step_ms"], rtol=1e-3)
   table = capsys.readouterr().out
-  assert "| tokens/s | steps to " in table
+  assert "| tokens/s | steps to " in table and "| adamw |" in table
 
 
 @pytest.mark.slow
