@@ -2,7 +2,7 @@
 
 Several of these processes, each with 2 simulated CPU devices
 (``XLA_FLAGS=--xla_force_host_platform_device_count=2`` set before jax is
-imported) and one JAX cluster on the loopback address. Usage::
+imported), join one JAX cluster on the loopback address. Usage::
 
   python -m tests._multihost_worker COORDINATOR NUM_PROCESSES PROCESS_ID OUT
 
