@@ -40,11 +40,17 @@ test: $(STAMP)
 
 # The suite (less the slow multi-process tests) on the lowest declared
 # versions of jax, jaxlib, optax, chex and flax, in a second venv.
+# A venv with the package's test extras at pinned versions:
+# $(call pinned_venv,VENV,PYTHON,CONSTRAINTS).
+define pinned_venv
+	$(2) -m venv $(1)
+	$(1)/bin/python -m pip install -q --upgrade pip
+	$(1)/bin/python -m pip install -q -c $(3) -e ".[test]"
+	touch $(1)/.installed
+endef
+
 $(FLOOR_STAMP): pyproject.toml $(FLOOR_CONSTRAINTS)
-	$(PYTHON) -m venv $(FLOOR_VENV)
-	$(FLOOR_VENV)/bin/python -m pip install -q --upgrade pip
-	$(FLOOR_VENV)/bin/python -m pip install -q -c $(FLOOR_CONSTRAINTS) -e ".[test]"
-	touch $(FLOOR_STAMP)
+	$(call pinned_venv,$(FLOOR_VENV),$(PYTHON),$(FLOOR_CONSTRAINTS))
 
 test-floor: $(FLOOR_STAMP)
 	$(FLOOR_VENV)/bin/python -c "import jax, optax, chex, flax; \
@@ -55,10 +61,7 @@ test-floor: $(FLOOR_STAMP)
 # The whole suite on the newest JAX tested (.ci/newest-constraints.txt), in a
 # third venv built with NEWEST_PYTHON (Python >= 3.12).
 $(NEWEST_STAMP): pyproject.toml $(NEWEST_CONSTRAINTS)
-	$(NEWEST_PYTHON) -m venv $(NEWEST_VENV)
-	$(NEWEST_VENV)/bin/python -m pip install -q --upgrade pip
-	$(NEWEST_VENV)/bin/python -m pip install -q -c $(NEWEST_CONSTRAINTS) -e ".[test]"
-	touch $(NEWEST_STAMP)
+	$(call pinned_venv,$(NEWEST_VENV),$(NEWEST_PYTHON),$(NEWEST_CONSTRAINTS))
 
 test-newest: $(NEWEST_STAMP)
 	$(NEWEST_VENV)/bin/python -c "import sys, jax, optax, chex, flax; \

@@ -10,6 +10,17 @@ from __future__ import annotations
 
 import pytest
 
+import optax_muon as om
+
+# Every alias by name, for the sweeps over them.
+ALIASES = {
+    "muon": om.muon,
+    "adamuon": om.adamuon,
+    "mommuon": om.mommuon,
+    "ogsignmuon": om.ogsignmuon,
+    "normuon": om.normuon,
+}
+
 FAST = ("muon", "mommuon")
 
 

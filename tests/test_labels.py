@@ -12,6 +12,7 @@ from flax import nnx
 
 import optax_muon as om
 from tests import _flax_compat
+from tests._sweeps import ALIASES
 
 
 def _tree():
@@ -70,13 +71,6 @@ def test_nnx_module_labels():
 # Bad labels, leaves Muon cannot take, and batch_axes that do not fit: each
 # error names the leaf's path, the bad value and the fix.
 
-ALIASES = {
-    "muon": om.muon,
-    "adamuon": om.adamuon,
-    "mommuon": om.mommuon,
-    "ogsignmuon": om.ogsignmuon,
-    "normuon": om.normuon,
-}
 
 P2 = {"layer": {"kernel": jnp.zeros((4, 6)), "bias": jnp.zeros((6,))}}
 

@@ -24,20 +24,13 @@ import pytest
 
 import optax_muon as om
 from tests import reference
-from tests._sweeps import sweep
+from tests._sweeps import ALIASES, sweep
 from tests._tolerances import tol
 
 # `make test` only (every variant at extreme scales, dtypes and NaNs);
 # `make test-fast` keeps the reference checks of the math.
 pytestmark = pytest.mark.slow
 
-ALIASES = {
-    "muon": om.muon,
-    "adamuon": om.adamuon,
-    "mommuon": om.mommuon,
-    "ogsignmuon": om.ogsignmuon,
-    "normuon": om.normuon,
-}
 # Every alias, plus MomMuon refreshing its preconditioner only every 2 steps.
 VARIANTS = dict(ALIASES, mommuon_every2=lambda lr=0.02, **kw: om.mommuon(
     lr, ns_every=2, **kw))
