@@ -15,7 +15,7 @@ NEWEST_VENV := .venv-newest
 NEWEST_STAMP := $(NEWEST_VENV)/.installed
 NEWEST_CONSTRAINTS := .ci/newest-constraints.txt
 
-.PHONY: test test-fast test-floor test-newest demo lint bench docs clean venv
+.PHONY: test test-fast test-integration test-floor test-newest demo lint bench docs clean venv
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -33,10 +33,16 @@ $(DOCS_STAMP): pyproject.toml | $(PY)
 
 venv: $(STAMP)
 
-# Everything, the slow subprocess / example / compare tests included.
+# Everything but the `integration` tier, the slow subprocess / example /
+# compare tests included (under 5 minutes on 2 cores).
 test: $(STAMP)
 	$(VENV)/bin/ruff check optax_muon tests examples benchmarks
-	$(PY) -m pytest -q -n 2 tests
+	$(PY) -m pytest -q -n 2 -m "not integration" tests
+
+# The long end-to-end runs marked @pytest.mark.integration (CI runs them);
+# pytest's exit 5 (no test selected) is not a failure here.
+test-integration: $(STAMP)
+	$(PY) -m pytest -q -n 2 -m integration tests || [ $$? -eq 5 ]
 
 # The suite (less the slow multi-process tests) on the lowest declared
 # versions of jax, jaxlib, optax, chex and flax, in a second venv.
@@ -56,7 +62,7 @@ test-floor: $(FLOOR_STAMP)
 	$(FLOOR_VENV)/bin/python -c "import jax, optax, chex, flax; \
 	  print('floor:', 'jax', jax.__version__, 'optax', optax.__version__, \
 	        'chex', chex.__version__, 'flax', flax.__version__)"
-	$(FLOOR_VENV)/bin/python -m pytest -q -n 2 -m "not slow" tests
+	$(FLOOR_VENV)/bin/python -m pytest -q -n 2 -m "not slow and not integration" tests
 
 # The whole suite on the newest JAX tested (.ci/newest-constraints.txt), in a
 # third venv built with NEWEST_PYTHON (Python >= 3.12).
@@ -68,12 +74,12 @@ test-newest: $(NEWEST_STAMP)
 	  print('newest: python', sys.version.split()[0], 'jax', jax.__version__, \
 	        'optax', optax.__version__, 'chex', chex.__version__, \
 	        'flax', flax.__version__)"
-	$(NEWEST_VENV)/bin/python -m pytest -q -n 2 tests
+	$(NEWEST_VENV)/bin/python -m pytest -q -n 2 -m "not integration" tests
 
 # For development: all but the tests marked @pytest.mark.slow (under 60 s).
 test-fast: $(STAMP)
 	$(VENV)/bin/ruff check optax_muon tests examples benchmarks
-	$(PY) -m pytest -q -n 2 -m "not slow" tests
+	$(PY) -m pytest -q -n 2 -m "not slow and not integration" tests
 
 demo: $(STAMP)
 	$(PY) examples/compare.py --task lm --out results/lm
