@@ -40,8 +40,10 @@ def describe(params: optax.Params, *,
   the batch axes as ``axis:size`` (stacked layers, heads) -- and the shape
   scale.
   Notes below the table flag what often goes wrong: stacked layers without
-  ``batch_axes`` and the inferred token vocabulary (rule 5 of
-  :func:`muon_labels`).
+  ``batch_axes`` (with the ``om.stacked(..., axis=...)`` that fits them)
+  and the inferred token vocabulary (rule 6 of :func:`muon_labels`): the
+  one matrix with that fan-out made a head, or, when several matrices have
+  it, all of them named and none made a head by its shape.
 
   Pass the same keyword arguments as to the alias (those that do not affect
   routing, like ``learning_rate``, are accepted and ignored), so the table
@@ -58,7 +60,7 @@ def describe(params: optax.Params, *,
     attn/query/kernel  (8, 2, 4)  muon   8 x 8   0 | 1,2   -      1.000
     embed/embedding    (100, 8)   adamw  -       -         -      -
     1 Muon matrix in 1 leaf (1 shape group); 808 of 872 entries in AdamW.
-    vocabulary 100 (token embedding's rows): matrices with fan-out 100 are heads.
+    vocabulary 100 (token embedding's rows): no matrix has fan-out 100.
     >>> print(om.describe(params, matrix_axes=om.per_head).splitlines()[2])
     attn/query/kernel  (8, 2, 4)  muon   8 x 4   0 | 2     1:2    1.000
 
@@ -92,10 +94,12 @@ def describe(params: optax.Params, *,
         f"{_matrix.SHAPE_SCALES}.")
   axes_fn = _matrix.resolve_matrix_axes(matrix_axes)
   if param_labels is None:
-    labels = _labels.muon_labels(params, batch_axes=batch_axes,
-                                 matrix_axes=axes_fn)
+    labels, match = _labels._label_tree(
+        params, adamw_names=_labels.EMBEDDING_NAMES + _labels.HEAD_NAMES,
+        muon_names=(), min_ndim=2, batch_axes=batch_axes,
+        matrix_axes=axes_fn, vocab_size="auto")
   else:
-    labels = param_labels(params) if callable(param_labels) else param_labels
+    labels = _labels.call_or_tree(param_labels, params)
   labels = _labels.check_labels(params, labels, batch_axes, axes_fn)
   leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
   label_leaves = treedef.flatten_up_to(labels)
@@ -135,18 +139,15 @@ def describe(params: optax.Params, *,
       f"{'' if len(groups) == 1 else 's'}); {adamw_entries} of {total} "
       "entries in AdamW.")
   if param_labels is None:
-    vocab = _labels.token_vocab_size(params, batch_axes)
-    if vocab is not None:
-      lines.append(
-          f"vocabulary {vocab} (token embedding's rows): matrices with "
-          f"fan-out {vocab} are heads.")
-  found = _labels.stacked_norm_scale(params) if batch_axes is None else None
-  if found is not None:
-    path, shape = found
+    note = _labels.vocab_note(match)
+    if note is not None:
+      lines.append(note)
+  hint = _labels.stacked_layers(params) if batch_axes is None else None
+  if hint is not None:
     lines.append(
-        f"note: the norm scale {path!r} has shape {shape}: stacked layers? "
-        "Pass batch_axes=om.stacked('<stacked sub-tree>') so each layer's "
-        "kernel is its own matrix.")
+        f"note: the norm scale {hint.path!r} has shape {hint.shape}: stacked "
+        f"layers? Pass {hint.advice} so each layer's kernel is its own "
+        "matrix.")
   return "\n".join(lines)
 
 

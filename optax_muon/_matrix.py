@@ -12,6 +12,7 @@ as a batch of such matrices. Any other layout is stated per leaf with
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any, Union
@@ -24,7 +25,9 @@ KeyPath = tuple[Any, ...]
 #: ``batch_axes(path, leaf) -> axes``: which axes of a leaf index separate
 #: matrices (e.g. ``(0,)`` for the layer axis of ``nnx.scan``-ned layers).
 BatchAxesFn = Callable[[KeyPath, Any], int | Sequence[int] | None]
-BatchAxes = Union[None, int, Sequence[int], BatchAxesFn]
+#: ``None``, axes shared by every leaf, a :data:`BatchAxesFn`, or a tree like
+#: the params with ``None`` or axes at its leaves.
+BatchAxes = Union[None, int, Sequence[int], BatchAxesFn, Any]
 
 SHAPE_SCALES = ("spectral", "rms", "none")
 
@@ -57,6 +60,61 @@ def stacked(*names: str, axis: int | Sequence[int] = 0) -> BatchAxesFn:
   return batch_axes
 
 
+def is_function(x: Any) -> bool:
+  """Whether an argument that may be a tree or a function is a function.
+
+  JAX libraries hand trees whose nodes are callable: an ``eqx.Module`` with
+  a ``__call__`` (``eqx.nn.MLP``) is a pytree, so a label or axes tree built
+  like the params is one too. A callable is taken for a function when it is
+  a pytree leaf (a plain function or callable object), a
+  ``functools.partial`` (``jax.tree_util.Partial`` included), or a pytree
+  node with a callable leaf (``eqx.Partial``); any other pytree node is a
+  tree.
+  """
+  if not callable(x):
+    return False
+  if isinstance(x, functools.partial):
+    return True
+  leaves, treedef = jax.tree_util.tree_flatten(x)
+  return (jax.tree_util.treedef_is_leaf(treedef)
+          or any(callable(leaf) for leaf in leaves))
+
+
+def _is_axes_value(x: Any) -> bool:
+  """``None``, an axis, or a list/tuple of axes: one leaf's ``batch_axes``."""
+  if x is None or isinstance(x, (int, np.integer)) and not isinstance(
+      x, bool):
+    return True
+  return isinstance(x, (tuple, list)) and all(
+      isinstance(a, (int, np.integer)) and not isinstance(a, bool) for a in x)
+
+
+# Tables of batch-axes trees, by id (the tree is kept so the id stays its).
+_BATCH_TABLES: dict[int, tuple[Any, dict[str, Any]]] = {}
+
+
+def batch_spec(batch_axes: BatchAxes, path: KeyPath, leaf: Any) -> Any:
+  """One leaf's ``batch_axes``: the shared axes, the function's answer, or
+  the entry at the leaf's path of a tree like the params (any pytree: dicts,
+  ``eqx.Module``s, NNX ``State``; ``None`` or axes at its leaves; leaves it
+  does not name have none)."""
+  if is_function(batch_axes):
+    return batch_axes(path, leaf)
+  if (_is_axes_value(batch_axes) or isinstance(batch_axes, jax.Array)
+      or jax.tree_util.treedef_is_leaf(
+          jax.tree_util.tree_structure(batch_axes))):
+    return batch_axes  # checked by _normalize_axes
+  entry = _BATCH_TABLES.get(id(batch_axes))
+  if entry is None or entry[0] is not batch_axes:
+    flat, _ = jax.tree_util.tree_flatten_with_path(
+        batch_axes, is_leaf=_is_axes_value)
+    if len(_BATCH_TABLES) > 64:
+      _BATCH_TABLES.clear()
+    entry = (batch_axes, {path_str(p): a for p, a in flat})
+    _BATCH_TABLES[id(batch_axes)] = entry
+  return entry[1].get(path_str(path))
+
+
 def key_name(key: Any) -> Any:
   """The plain name or index inside one key-path entry."""
   for attr in ("key", "name", "idx"):
@@ -65,12 +123,44 @@ def key_name(key: Any) -> Any:
   return key
 
 
-def last_name(path: KeyPath) -> Any:
-  """The leaf's own name: the last key of its path that names something
-  (``nnx.Variable`` nodes add a trailing ``value`` entry)."""
+def is_index(name: Any) -> bool:
+  """Whether a path entry is a position (``blocks/0``, HF's ``h/"0"``)."""
+  return (isinstance(name, (int, np.integer)) and not isinstance(name, bool)
+          or isinstance(name, str) and name.isdigit())
+
+
+#: Leaf names after which a trailing index is the array inside a named-array
+#: node, not a position in a list (see :func:`logical_names`).
+_ARRAY_NAMES = frozenset(("weight", "bias", "scale", "kernel", "embedding",
+                          "w"))
+
+
+def logical_names(path: KeyPath) -> list[Any]:
+  """The names of a key path, without the entries that name no module.
+
+  Two libraries add an entry below the leaf's own name:
+
+  - ``nnx.Variable`` nodes add a trailing ``value``;
+  - Haliax's ``NamedArray`` (haliax ``src/haliax/core.py``,
+    ``NamedArray.tree_flatten`` returns ``((self.array,), self.axes)``; read
+    at haliax f41e7d4, 2025-09) flattens to one child, so a Haliax
+    ``LayerNorm``'s scale is ``ln_1/weight/0``: a trailing index after
+    ``weight``, ``bias``, ``scale``, ``kernel``, ``embedding`` or ``w`` is
+    dropped.
+  """
   names = [key_name(k) for k in path]
   if len(names) > 1 and names[-1] == "value":
     names = names[:-1]
+  if len(names) > 1 and is_index(names[-1]) and names[-2] in _ARRAY_NAMES:
+    names = names[:-1]
+  return names
+
+
+def last_name(path: KeyPath) -> Any:
+  """The leaf's own name: the last key of its path that names something
+  (:func:`logical_names`: ``nnx.Variable``'s trailing ``value`` and a
+  Haliax ``NamedArray``'s trailing index are not names)."""
+  names = logical_names(path)
   return names[-1] if names else None
 
 
@@ -141,9 +231,7 @@ ATTENTION_OUTPUT_NAMES: tuple[str, ...] = ("out",)
 
 def owner_name(path: KeyPath) -> Any:
   """The name of the module that owns the leaf (the key before its own)."""
-  names = [key_name(k) for k in path]
-  if len(names) > 1 and names[-1] == "value":
-    names = names[:-1]
+  names = logical_names(path)
   return names[-2] if len(names) > 1 else None
 
 
@@ -167,6 +255,173 @@ def per_head(path: KeyPath, leaf: Any) -> MatrixAxes | None:
   if owner in ATTENTION_OUTPUT_NAMES:
     return MatrixAxes(-2, -1)
   return None
+
+
+# --- Layouts of well-known libraries, read from their names ---------------
+# Each rule below turns the leaf's non-batch axes ``rest`` into (fan_in,
+# fan_out) axes for one library's layout; axes of ``rest`` in neither become
+# batch axes. Each names the library, version and source file it was read
+# from. :func:`default_axes` tries them in order.
+
+#: HF-Flax GPT-2's ``FlaxConv1D`` modules and the modules that own them.
+GPT2_CONV1D_NAMES: tuple[str, ...] = ("c_attn", "q_attn", "c_proj", "c_fc")
+_GPT2_BLOCK_PARTS = frozenset(("attn", "crossattention", "mlp"))
+
+
+def _gpt2_conv1d(names, shape, rest):
+  """HF-Flax GPT-2's ``FlaxConv1D`` kernels are ``(out, in)``.
+
+  transformers 4.57.6, ``models/gpt2/modeling_flax_gpt2.py``:
+  ``FlaxConv1D`` creates ``kernel`` with shape ``(features,
+  inputs.shape[-1])`` and computes ``x @ kernel.T``; GPT-2's attention
+  (``c_attn``, cross-attention's ``q_attn``, ``c_proj``) and MLP (``c_fc``,
+  ``c_proj``) use it. Recognised by GPT-2's own path,
+  ``h/<i>/{attn,crossattention,mlp}/{c_attn,q_attn,c_proj,c_fc}/kernel``
+  (Flax ``Dense`` kernels elsewhere keep ``(in, out)``).
+  """
+  del shape
+  if (len(names) >= 5 and names[-1] == "kernel"
+      and names[-2] in GPT2_CONV1D_NAMES and names[-3] in _GPT2_BLOCK_PARTS
+      and is_index(names[-4]) and names[-5] == "h" and len(rest) >= 2):
+    return (rest[-1],), (rest[-2],)
+  return None
+
+
+#: Gemma's einsum weights ``<owner>/w`` that map the model width ``D`` to
+#: heads: ``q_einsum (N, D, H)``, ``kv_einsum (2, K, D, H)``, ``qkv_einsum
+#: (3, N, D, H)``.
+GEMMA_INPUT_EINSUMS: tuple[str, ...] = ("q_einsum", "kv_einsum",
+                                        "qkv_einsum")
+
+
+def _gemma_einsum(names, shape, rest):
+  """Google's ``gemma`` einsum layouts.
+
+  gemma 4.1 (``gemma/gm/nn/_modules.py``, read at 7691fd4; the same in
+  3.3): ``Attention`` computes ``q_einsum('BTD,NDH->BTNH')`` with ``w (N, D,
+  H)``: ``D`` contracted (fan-in), ``N`` and ``H`` free (fan-out ``N*H``,
+  as for Flax's query kernel); ``kv_einsum('BSD,CKDH->CBSKH')`` with ``w
+  (2, K, D, H)`` whose first axis is then split into separate K and V
+  projections (a batch axis: 2 matrices ``(D, K*H)``), likewise
+  ``qkv_einsum (3, N, D, H)``; ``attn_vec_einsum('BTNH,NHD->BTD')`` with
+  ``w (N, H, D)``: fan-in ``N*H``, fan-out ``D`` (the default view).
+  ``FeedForward``'s ``gating_einsum`` is ``(2, F, D)`` with
+  ``'...F,NHF->...NH'`` when ``transpose_gating_einsum`` (every Gemma 2
+  and 3 config, ``_gemma.py``) and ``(2, D, F)`` with ``'...F,NFH->...NH'``
+  otherwise: gate and up projection (the first axis, a batch axis), each
+  contracting ``D``. The names do not say which of the two it is, the sizes
+  do: Gemma's hidden width ``F`` is always larger than ``D`` (equal sizes
+  are taken as the transposed layout). ``linear (F, D)`` is ``(in, out)``,
+  the default view.
+  """
+  leaf, owner = names[-1], names[-2] if len(names) > 1 else None
+  if leaf == "w" and owner == "q_einsum" and len(rest) >= 3:
+    return (rest[-2],), (rest[-3], rest[-1])
+  if leaf == "w" and owner in ("kv_einsum", "qkv_einsum") and len(rest) >= 4:
+    return (rest[-2],), (rest[-3], rest[-1])
+  if leaf == "gating_einsum" and len(rest) >= 3:
+    a, b = rest[-2], rest[-1]
+    return ((a,), (b,)) if shape[a] < shape[b] else ((b,), (a,))
+  return None
+
+
+#: MaxText's routed-expert weights (leaves of their own, not ``kernel``s).
+MAXTEXT_EXPERT_NAMES: tuple[str, ...] = ("wi_0", "wi_1", "wo")
+
+
+def _maxtext_experts(names, shape, rest):
+  """MaxText's expert stacks are ``experts`` separate matrices.
+
+  MaxText ``src/maxtext/layers/moe.py`` (read at e591f30): ``RoutedMoE``
+  holds ``wi_0``, ``wi_1`` ``(num_experts, emb, mlp)`` and ``wo
+  (num_experts, mlp, emb)`` as parameters of their own; scanned layers
+  (``decoders.py``, ``nn.scan(variable_axes={"params":
+  cfg.param_scan_axis})``, ``param_scan_axis: 1`` in ``configs/base.yml``)
+  insert the layer axis at 1: ``(experts, layers, emb, mlp)``. The last two
+  axes are the matrix; every other axis indexes separate matrices.
+  """
+  del shape
+  if names[-1] in MAXTEXT_EXPERT_NAMES and len(rest) >= 3:
+    return (rest[-2],), (rest[-1],)
+  return None
+
+
+#: Owner names of attention input projections whose PyTorch-layout
+#: ``weight`` may have several output axes (Haliax's ``(heads, head_dim,
+#: embed)``).
+WEIGHT_INPUT_PROJECTIONS: tuple[str, ...] = (
+    "q_proj", "k_proj", "v_proj", "qkv_proj", "c_attn", "query_proj",
+    "key_proj", "value_proj")
+
+
+def _pytorch_weight(names, shape, rest):
+  """A leaf named ``weight`` is in PyTorch's layout: ``(out, in, *spatial)``.
+
+  - Equinox 0.13.8 (``equinox/nn/_linear.py``: ``Linear.weight
+    (out_features, in_features)``, ``y = weight @ x``;
+    ``equinox/nn/_conv.py``: ``Conv.weight (out_channels,
+    in_channels // groups, *kernel_size)``): fan-out the first axis, fan-in
+    the others.
+  - Haliax (``src/haliax/nn/linear.py``, read at f41e7d4): ``Linear.init(In,
+    Out, out_first=True)`` makes ``weight`` with the ``Out`` axes, then the
+    ``In`` axes. Either may be several axes; the names say which only for
+    the attention projections: the input projections
+    (:data:`WEIGHT_INPUT_PROJECTIONS`, e.g. Levanter's ``q_proj``
+    ``(heads, head_dim, embed)``) have one ``In`` axis, the last; all others
+    are taken to have one ``Out`` axis, the first (``o_proj (embed, heads,
+    head_dim)``).
+  """
+  del shape
+  if names[-1] != "weight" or len(rest) < 2:
+    return None
+  owner = names[-2] if len(names) > 1 else None
+  if owner in WEIGHT_INPUT_PROJECTIONS and len(rest) >= 3:
+    return (rest[-1],), tuple(rest[:-1])
+  return tuple(rest[1:]), (rest[0],)
+
+
+def _flax_attention(names, shape, rest):
+  """Flax attention's q/k/v kernels are ``(in, heads, head_dim)``.
+
+  flax 0.12 (``flax/nnx/nn/attention.py`` ``MultiHeadAttention``,
+  ``flax/linen/attention.py`` ``MultiHeadDotProductAttention``; MaxText's
+  ``query``/``key``/``value`` too): ``LinearGeneral`` / ``DenseGeneral``
+  kernels ``(in, heads, head_dim)`` owned by ``query``, ``key`` or
+  ``value``: fan-in the first, fan-out ``heads*head_dim``; axes before
+  them (stacked layers) are batch axes.
+  """
+  del shape
+  if (len(rest) >= 3 and names[-1] == "kernel" and len(names) > 1
+      and names[-2] in ATTENTION_INPUT_NAMES):
+    return (rest[-3],), (rest[-2], rest[-1])
+  return None
+
+
+_LIBRARY_RULES = (_flax_attention, _gpt2_conv1d, _gemma_einsum,
+                  _maxtext_experts, _pytorch_weight)
+
+
+def default_axes(path: KeyPath, shape: tuple[int, ...],
+                 rest: Sequence[int]) -> tuple[tuple[int, ...],
+                                               tuple[int, ...]]:
+  """The default ``(fan_in_axes, fan_out_axes)`` of a leaf from its names.
+
+  ``rest`` are the leaf's axes that are not batch axes. The first library
+  rule that matches the path decides (Flax attention's q/k/v kernels,
+  HF-Flax GPT-2's ``FlaxConv1D``, Gemma's einsums, MaxText's expert
+  stacks, PyTorch-layout ``weight`` leaves of Equinox and Haliax); axes of
+  ``rest`` it leaves out are batch axes. Otherwise, Flax's layout: the last
+  axis is the fan-out and all others the fan-in (a conv kernel ``(H, W,
+  C_in, C_out)`` as ``(H*W*C_in, C_out)``).
+  """
+  rest = tuple(rest)
+  names = logical_names(path)
+  if names:
+    for rule in _LIBRARY_RULES:
+      axes = rule(names, shape, rest)
+      if axes is not None:
+        return axes
+  return rest[:-1], rest[-1:]
 
 
 def _single(axes: tuple[int, ...]) -> int | None:
@@ -315,7 +570,7 @@ def resolve_matrix_axes(matrix_axes: MatrixAxesArg) -> MatrixAxesFn | None:
   :func:`path_str` writes them, so an NNX ``State`` and its pure dict
   match); leaves it does not name keep their default view.
   """
-  if matrix_axes is None or callable(matrix_axes) and not is_axes_spec(
+  if matrix_axes is None or is_function(matrix_axes) and not is_axes_spec(
       matrix_axes):
     return matrix_axes
   if isinstance(matrix_axes, jax.Array):
@@ -382,7 +637,7 @@ def matrix_ndim(path: KeyPath, leaf: Any, batch_axes: BatchAxes,
       return 2
     except ValueError:
       return 0
-  spec = batch_axes(path, leaf) if callable(batch_axes) else batch_axes
+  spec = batch_spec(batch_axes, path, leaf)
   try:
     axes = _normalize_axes(spec, len(shape), repr(path_str(path)), min_rest=0)
   except ValueError:
@@ -411,14 +666,22 @@ def matrix_view(
      ``optax.contrib.MuonDimensionNumbers``) names its fan-in and fan-out
      axes; every other axis is a batch axis (``batch_axes`` may name some of
      them, never a fan-in or fan-out axis).
-  2. Otherwise ``batch_axes`` index separate matrices, and of the other
-     axes:
+  2. Otherwise ``batch_axes`` index separate matrices, and the other axes
+     are viewed by :func:`default_axes`, from the leaf's names:
 
      - a Flax attention q/k/v kernel (leaf ``kernel`` of a module named
        ``query``, ``key`` or ``value``; :data:`ATTENTION_INPUT_NAMES`) is
        ``(in, heads, head_dim)`` -> ``(in, heads*head_dim)``: its last two
        axes are the fan-out, the one before the fan-in, and any before that
        (stacked layers) batch axes;
+     - HF-Flax GPT-2's ``FlaxConv1D`` kernels
+       (``h/<i>/attn/c_attn/kernel``, ...) are ``(out, in)``;
+     - Gemma's ``q_einsum/w (N, D, H)`` is ``(D, N*H)``, ``kv_einsum/w (2,
+       K, D, H)`` and ``qkv_einsum/w`` are 2 or 3 matrices ``(D, K*H)``,
+       ``gating_einsum (2, F, D)`` 2 matrices ``(D, F)``;
+     - MaxText's expert stacks ``wi_0``, ``wi_1``, ``wo`` (``(experts,
+       [layers,] d, f)``) are one matrix per expert (and layer);
+     - a ``weight`` (Equinox, Haliax, PyTorch) is ``(out, in, *spatial)``;
      - any other leaf has its last axis as fan-out and all others as fan-in:
        a dense kernel as it is, a conv kernel ``(H, W, C_in, C_out)`` as
        ``(H*W*C_in, C_out)``, the attention output kernel ``(heads,
@@ -453,7 +716,7 @@ def matrix_view(
         "floating-point parameters. Label it 'adamw' or exclude it from the "
         "optimizer (e.g. nnx.Optimizer(..., wrt=nnx.Param)).")
   ndim = len(shape)
-  batch_spec = batch_axes(path, leaf) if callable(batch_axes) else batch_axes
+  leaf_batch = batch_spec(batch_axes, path, leaf)
   spec = _spec_for(matrix_axes, path, leaf)
   if spec is not None:
     fan_in, fan_out = _spec_axes(spec)
@@ -463,22 +726,18 @@ def matrix_view(
       raise ValueError(
           f"matrix_axes {spec!r} names an axis twice for the leaf at {where} "
           f"with shape {shape}: fan-in and fan-out axes are distinct.")
-    user_batch = _normalize_axes(batch_spec, ndim, where, min_rest=0)
+    user_batch = _normalize_axes(leaf_batch, ndim, where, min_rest=0)
     if set(user_batch) & set(fi + fo):
       raise ValueError(
-          f"batch_axes {batch_spec!r} and matrix_axes {spec!r} share an axis "
+          f"batch_axes {leaf_batch!r} and matrix_axes {spec!r} share an axis "
           f"of the leaf at {where} with shape {shape}: a batch axis cannot be "
           "a fan-in or fan-out axis.")
     batch = tuple(a for a in range(ndim) if a not in fi + fo)
   else:
-    batch = _normalize_axes(batch_spec, ndim, where)
-    rest = [a for a in range(ndim) if a not in batch]
-    if (len(rest) >= 3 and last_name(path) == "kernel"
-        and owner_name(path) in ATTENTION_INPUT_NAMES):
-      fi, fo = (rest[-3],), (rest[-2], rest[-1])
-      batch = tuple(sorted(batch + tuple(rest[:-3])))
-    else:
-      fi, fo = tuple(rest[:-1]), (rest[-1],)
+    batch = _normalize_axes(leaf_batch, ndim, where)
+    rest = tuple(a for a in range(ndim) if a not in batch)
+    fi, fo = default_axes(path, shape, rest)
+    batch = tuple(a for a in range(ndim) if a not in fi + fo)
   view = MatrixView(shape, batch, fi, fo)
   if view.fan_in == 0 or view.fan_out == 0:
     raise ValueError(f"{who} got the empty leaf {where} with shape {shape}.")
