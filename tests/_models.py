@@ -372,6 +372,147 @@ def equinox_cnn() -> ModelCase:
                    lambda f: lambda p: _xent(f(p, x), y), expected, ones=())
 
 
+# ------------------------------------------------------------- HF-Flax ----
+
+HF_SOURCE = ("transformers 4.57.6 (tiny configs, random init, no download): "
+             "models/{}")
+
+
+def _hf_case(name, cls_name, config, expected, ones, source, loss_kind="lm",
+             names_default=None):
+  """``params`` is the model's params dict (``model.params`` shapes, built
+  abstractly with ``_do_init=False`` and filled by :func:`_fill`);
+  ``forward(p, input_ids) = model(input_ids, params=p).logits``."""
+  transformers = pytest.importorskip("transformers")
+  cls = getattr(transformers, cls_name)
+  model = cls(config, _do_init=False)
+  abstract = jax.eval_shape(
+      lambda: model.init_weights(jax.random.PRNGKey(0), (1, SEQ)))
+  params = _fill(abstract, expected, ones)
+
+  def forward(p, input_ids):
+    return model(input_ids, params=p).logits
+
+  vocab = config.vocab_size
+  if loss_kind == "lm":
+    tokens = _ints(vocab, (BATCH, SEQ + 1))
+    args, loss = (tokens[:, :-1],), _lm_loss(forward, tokens)
+  else:  # masked LM: predict fixed random tokens at every position
+    inputs, targets = _ints(vocab, (BATCH, SEQ)), _ints(vocab, (BATCH, SEQ), 1)
+    args, loss = (inputs,), lambda p: _xent(forward(p, inputs), targets)
+  return ModelCase(name, HF_SOURCE.format(source), params, forward, args,
+                   loss, expected, dict(names_default or {}))
+
+
+def hf_gpt2() -> ModelCase:
+  """``FlaxGPT2LMHeadModel``: ``FlaxConv1D`` kernels are ``(out, in)``."""
+  transformers = pytest.importorskip("transformers")
+  config = transformers.GPT2Config(vocab_size=VOCAB, n_positions=16,
+                                   n_embd=16, n_layer=2, n_head=2)
+  expected = {
+      # Looked up, and (tie_word_embeddings) the head: `wte.T` is lm_head's
+      # kernel.
+      "transformer/wte/embedding": ADAMW,
+      "transformer/wpe/embedding": ADAMW,
+      "transformer/ln_f/scale": ADAMW,
+      "transformer/ln_f/bias": ADAMW,
+  }
+  for i in range(2):
+    h = f"transformer/h/{i}"
+    for ln in ("ln_1", "ln_2"):
+      expected[f"{h}/{ln}/scale"] = ADAMW
+      expected[f"{h}/{ln}/bias"] = ADAMW
+    # FlaxConv1D: param (features, in); `lax.dot_general(inputs,
+    # kernel.transpose(), (((inputs.ndim - 1,), (0,)), ...))` contracts the
+    # kernel's axis 1. c_attn (3d, d) is one product (q, k, v split after).
+    for lin in ("attn/c_attn", "attn/c_proj", "mlp/c_fc", "mlp/c_proj"):
+      expected[f"{h}/{lin}/kernel"] = muon(1, 0)
+      expected[f"{h}/{lin}/bias"] = ADAMW
+  return _hf_case("hf-gpt2", "FlaxGPT2LMHeadModel", config, expected,
+                  ("ln_1/scale", "ln_2/scale", "ln_f/scale"),
+                  "gpt2/modeling_flax_gpt2.py (FlaxConv1D, "
+                  "FlaxGPT2LMHeadModule: tied lm_head)")
+
+
+def _llama(name, vocab, intermediate):
+  transformers = pytest.importorskip("transformers")
+  config = transformers.LlamaConfig(
+      vocab_size=vocab, hidden_size=16, intermediate_size=intermediate,
+      num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+      max_position_embeddings=16)
+  expected = {
+      "model/embed_tokens/embedding": ADAMW,  # nn.Embed, looked up
+      "model/norm/weight": ADAMW,             # FlaxLlamaRMSNorm
+      "lm_head/kernel": ADAMW,                # untied nn.Dense head
+  }
+  names_default = {}
+  for i in range(2):
+    layer = f"model/layers/{i}"
+    expected[f"{layer}/input_layernorm/weight"] = ADAMW
+    expected[f"{layer}/post_attention_layernorm/weight"] = ADAMW
+    # nn.Dense kernels (in, out); q (d, heads*hd), k/v (d, kv_heads*hd),
+    # reshaped into heads after the product.
+    for lin in ("self_attn/q_proj", "self_attn/k_proj", "self_attn/v_proj",
+                "self_attn/o_proj", "mlp/gate_proj", "mlp/up_proj",
+                "mlp/down_proj"):
+      expected[f"{layer}/{lin}/kernel"] = muon(0, 1)
+  return _hf_case(name, "FlaxLlamaForCausalLM", config, expected,
+                  ("layernorm/weight", "norm/weight"),
+                  "llama/modeling_flax_llama.py (FlaxLlamaMLP, "
+                  "FlaxLlamaAttention, FlaxLlamaForCausalLMModule)",
+                  names_default=names_default)
+
+
+def hf_llama() -> ModelCase:
+  """``FlaxLlamaForCausalLM``, grouped-query attention (1 kv head)."""
+  return _llama("hf-llama", VOCAB, 32)
+
+
+def hf_llama_vocab_collision() -> ModelCase:
+  """``intermediate_size == vocab_size``: ``gate_proj``/``up_proj``
+  ``(16, 32)`` have the head's fan-out (issue 19's vocabulary collision)."""
+  return _llama("hf-llama-vocab-collision", 32, 32)
+
+
+def hf_bert() -> ModelCase:
+  """``FlaxBertForMaskedLM``: the decoder is the tied word embedding."""
+  transformers = pytest.importorskip("transformers")
+  config = transformers.BertConfig(
+      vocab_size=VOCAB, hidden_size=16, num_hidden_layers=2,
+      num_attention_heads=2, intermediate_size=32, max_position_embeddings=16)
+  emb = "bert/embeddings"
+  expected = {
+      # Looked up, and (tie_word_embeddings) the decoder's kernel `.T`.
+      f"{emb}/word_embeddings/embedding": ADAMW,
+      f"{emb}/position_embeddings/embedding": ADAMW,
+      f"{emb}/token_type_embeddings/embedding": ADAMW,
+      f"{emb}/LayerNorm/scale": ADAMW,
+      f"{emb}/LayerNorm/bias": ADAMW,
+      # FlaxBertPredictionHeadTransform: a hidden Dense + gelu + LayerNorm
+      # before the tied decoder, so a Muon matrix despite living in `cls`.
+      "cls/predictions/transform/dense/kernel": muon(0, 1),
+      "cls/predictions/transform/dense/bias": ADAMW,
+      "cls/predictions/transform/LayerNorm/scale": ADAMW,
+      "cls/predictions/transform/LayerNorm/bias": ADAMW,
+      "cls/predictions/bias": ADAMW,  # the decoder's (vocab,) bias
+  }
+  for i in range(2):
+    layer = f"bert/encoder/layer/{i}"
+    for lin in ("attention/self/query", "attention/self/key",
+                "attention/self/value", "attention/output/dense",
+                "intermediate/dense", "output/dense"):
+      expected[f"{layer}/{lin}/kernel"] = muon(0, 1)  # nn.Dense (in, out)
+      expected[f"{layer}/{lin}/bias"] = ADAMW
+    for ln in ("attention/output/LayerNorm", "output/LayerNorm"):
+      expected[f"{layer}/{ln}/scale"] = ADAMW
+      expected[f"{layer}/{ln}/bias"] = ADAMW
+  return _hf_case("hf-bert", "FlaxBertForMaskedLM", config, expected,
+                  ("LayerNorm/scale",),
+                  "bert/modeling_flax_bert.py (FlaxBertSelfAttention, "
+                  "FlaxBertLMPredictionHead: shared_embedding.T)",
+                  loss_kind="mlm")
+
+
 # ------------------------------------------------------------ registry ----
 
 CASES: dict[str, Callable[[], ModelCase]] = {
@@ -379,6 +520,10 @@ CASES: dict[str, Callable[[], ModelCase]] = {
     "equinox-transformer": equinox_transformer,
     "equinox-cnn": equinox_cnn,
     "equinox-scan": equinox_scan,
+    "hf-gpt2": hf_gpt2,
+    "hf-llama": hf_llama,
+    "hf-llama-vocab-collision": hf_llama_vocab_collision,
+    "hf-bert": hf_bert,
 }
 
 #: The library each case needs beyond jax, optax and flax.
@@ -387,4 +532,8 @@ REQUIRES: dict[str, str] = {
     "equinox-transformer": "equinox",
     "equinox-cnn": "equinox",
     "equinox-scan": "equinox",
+    "hf-gpt2": "transformers",
+    "hf-llama": "transformers",
+    "hf-llama-vocab-collision": "transformers",
+    "hf-bert": "transformers",
 }
