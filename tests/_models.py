@@ -513,6 +513,198 @@ def hf_bert() -> ModelCase:
                   loss_kind="mlm")
 
 
+# ---------------------------------------------------- Flax NNX and Linen ----
+
+FLAX_SOURCE = ("flax 0.12.8: flax/nnx/nn/linear.py (Linear kernel (in, out), "
+               "LinearGeneral, Embed: a lookup), flax/nnx/nn/attention.py "
+               "(MultiHeadAttention: q/k/v LinearGeneral kernels (in, heads, "
+               "head_dim), out (heads, head_dim, out) contracting both), "
+               "flax/nnx/nn/normalization.py, flax/linen/linear.py, "
+               "flax/linen/attention.py")
+
+
+def _nnx_case(name, make, expected, ones, vocab, seq, source=""):
+  """``params`` is the ``nnx.State`` of ``nnx.split(model, nnx.Param,
+  ...)`` (built with ``nnx.eval_shape``, filled by :func:`_fill`);
+  ``forward(p, tokens) = nnx.merge(graphdef, p, rest)(tokens)``."""
+  from flax import nnx
+
+  graphdef, abstract, rest = nnx.split(nnx.eval_shape(make), nnx.Param, ...)
+  params = _fill(abstract, expected, ones)
+
+  def forward(p, tokens):
+    return nnx.merge(graphdef, p, rest)(tokens)
+
+  tokens = _ints(vocab, (BATCH, seq + 1))
+  return ModelCase(name, FLAX_SOURCE + source, params, forward,
+                   (tokens[:, :-1],), _lm_loss(forward, tokens), expected)
+
+
+def _nnx_block_expected(prefix, stacked):
+  """tests/test_flax_models.py's ``Block``; ``stacked``: a leading layer
+  axis (``nnx.vmap``-created, ``nnx.scan``-applied: a batch axis)."""
+  s = 1 if stacked else 0
+  out = {
+      f"{prefix}/ln1/scale": ADAMW,
+      f"{prefix}/ln1/bias": ADAMW,
+      f"{prefix}/ln2/scale": ADAMW,  # RMSNorm
+      # LinearGeneral q/k/v: dot_general over the kernel's `in` axis; the
+      # (heads, head_dim) axes are both free (one product, not per head).
+      f"{prefix}/attn/out/kernel": muon((s, s + 1), s + 2),
+      f"{prefix}/attn/out/bias": ADAMW,
+      f"{prefix}/up/kernel": muon(s, s + 1),
+      f"{prefix}/up/bias": ADAMW,
+      f"{prefix}/down/kernel": muon(s, s + 1),
+      f"{prefix}/down/bias": ADAMW,
+  }
+  for proj in ("query", "key", "value"):
+    out[f"{prefix}/attn/{proj}/kernel"] = muon(s, (s + 1, s + 2))
+    out[f"{prefix}/attn/{proj}/bias"] = ADAMW  # (heads, head_dim), added
+  return out
+
+
+_NNX_LM_TOP = {
+    "tok_emb/embedding": ADAMW,
+    "pos_emb/embedding": ADAMW,
+    "ln_f/scale": ADAMW,
+    "ln_f/bias": ADAMW,
+    "unembed/kernel": ADAMW,  # the head
+    "unembed/bias": ADAMW,
+}
+_NNX_ONES = ("ln1/scale", "ln2/scale", "ln_f/scale")
+
+
+@functools.cache
+def _nnx_plain_lm():
+  from flax import nnx
+
+  from tests import test_flax_models as tfm
+
+  class NnxPlainLM(nnx.Module):
+    """tests/test_flax_models.py's ``Block`` in a plain list of layers."""
+
+    def __init__(self, rngs):
+      self.tok_emb = nnx.Embed(tfm.VOCAB, tfm.D, rngs=rngs)
+      self.pos_emb = nnx.Embed(tfm.SEQ, tfm.D, rngs=rngs)
+      self.blocks = nnx.List([tfm.Block(rngs) for _ in range(2)])
+      self.ln_f = nnx.LayerNorm(tfm.D, rngs=rngs)
+      self.unembed = nnx.Linear(tfm.D, tfm.VOCAB, rngs=rngs)
+
+    def __call__(self, tokens):
+      x = self.tok_emb(tokens) + self.pos_emb(jnp.arange(tokens.shape[-1]))
+      for block in self.blocks:
+        x = block(x)
+      return self.unembed(self.ln_f(x))
+
+  return NnxPlainLM
+
+
+def nnx_transformer() -> ModelCase:
+  """NNX Embed / MultiHeadAttention / LayerNorm / Linear, a list of blocks."""
+  from flax import nnx
+
+  from tests import test_flax_models as tfm
+
+  expected = dict(_NNX_LM_TOP)
+  for i in range(2):
+    expected |= _nnx_block_expected(f"blocks/{i}", stacked=False)
+  return _nnx_case("nnx-transformer", lambda: _nnx_plain_lm()(nnx.Rngs(0)),
+                   expected, _NNX_ONES, tfm.VOCAB, tfm.SEQ,
+                   "; tests/test_flax_models.py's Block")
+
+
+def nnx_scan() -> ModelCase:
+  """tests/test_flax_models.py's ``NnxLM``: ``nnx.vmap``-created blocks
+  applied with ``nnx.scan``; axis 0 of every block leaf is the layer."""
+  from flax import nnx
+
+  from tests import test_flax_models as tfm
+
+  expected = _NNX_LM_TOP | _nnx_block_expected("layers", stacked=True)
+  return _nnx_case("nnx-scan", lambda: tfm.NnxLM(nnx.Rngs(0)), expected,
+                   _NNX_ONES, tfm.VOCAB, tfm.SEQ,
+                   "; tests/test_flax_models.py's NnxLM (nnx.vmap, nnx.scan)")
+
+
+def linen_scan() -> ModelCase:
+  """tests/test_flax_models.py's ``LinenLM``: ``nn.scan`` over the blocks
+  (``variable_axes={"params": 0}``); Linen's auto-named ``Dense_0`` head."""
+  from tests import test_flax_models as tfm
+
+  model = tfm.LinenLM()
+  tokens = _ints(tfm.VOCAB, (BATCH, tfm.SEQ + 1))
+  attn = "layers/MultiHeadDotProductAttention_0"
+  expected = {
+      "tok_emb/embedding": ADAMW,
+      "pos_emb/embedding": ADAMW,
+      "layers/LayerNorm_0/scale": ADAMW,   # (layers, d)
+      "layers/LayerNorm_0/bias": ADAMW,
+      "layers/RMSNorm_0/scale": ADAMW,
+      # Linen names the outer Dense(D) first (built before its input):
+      # Dense_0 is the down-projection (L, 4d, d), Dense_1 the up (L, d, 4d).
+      "layers/Dense_0/kernel": muon(1, 2),
+      "layers/Dense_0/bias": ADAMW,
+      "layers/Dense_1/kernel": muon(1, 2),
+      "layers/Dense_1/bias": ADAMW,
+      f"{attn}/out/kernel": muon((1, 2), 3),   # (L, heads, head_dim, d)
+      f"{attn}/out/bias": ADAMW,
+      "LayerNorm_0/scale": ADAMW,
+      "LayerNorm_0/bias": ADAMW,
+      "Dense_0/kernel": ADAMW,             # the head
+      "Dense_0/bias": ADAMW,
+  }
+  for proj in ("query", "key", "value"):
+    expected[f"{attn}/{proj}/kernel"] = muon(1, (2, 3))  # (L, d, heads, hd)
+    expected[f"{attn}/{proj}/bias"] = ADAMW
+  abstract = jax.eval_shape(model.init, jax.random.key(0),
+                            tokens[:, :-1])["params"]
+  params = _fill(abstract, expected, ("LayerNorm_0/scale", "RMSNorm_0/scale"))
+  forward = lambda p, t: model.apply({"params": p}, t)
+  return ModelCase(
+      "linen-scan", FLAX_SOURCE + "; tests/test_flax_models.py's LinenLM "
+      "(flax/linen/transforms.py scan)", params, forward, (tokens[:, :-1],),
+      _lm_loss(forward, tokens), expected,
+      {"Dense_0/kernel": "Linen's auto-name of the head says nothing; only "
+       "its fan-out (the vocabulary, 50) marks it"})
+
+
+def sharded_train_gpt() -> ModelCase:
+  """The model of examples/sharded_train.py at its defaults: examples/tasks/
+  lm.py's ``GPT(GPTConfig(seq_len=64, d_model=64, n_layers=2))``, byte
+  vocabulary 256, so every ``mlp/fc/kernel`` is ``(64, 256)`` -- the head's
+  fan-out (issue 19's vocabulary collision). Imported from examples/tasks/
+  lm.py, where sharded_train.py imports it from (sharded_train.py parses
+  ``sys.argv`` when imported)."""
+  from flax import nnx
+
+  from examples.tasks.lm import GPT, GPTConfig
+
+  config = GPTConfig(seq_len=64, d_model=64, n_layers=2)  # sharded_train's
+  expected = {
+      "embed/embedding": ADAMW,   # nnx.Embed, looked up
+      "pos_embedding": ADAMW,     # sliced and added
+      "ln_f/scale": ADAMW,
+      "ln_f/bias": ADAMW,
+      "head/kernel": ADAMW,       # the head (64, 256)
+  }
+  for i in range(config.n_layers):
+    b = f"blocks/{i}"
+    for ln in ("ln1", "ln2"):
+      expected[f"{b}/{ln}/scale"] = ADAMW
+      expected[f"{b}/{ln}/bias"] = ADAMW
+    for lin in ("attn/q", "attn/k", "attn/v", "attn/out"):
+      expected[f"{b}/{lin}/kernel"] = muon(0, 1)   # nnx.Linear, no bias
+    expected[f"{b}/mlp/fc/kernel"] = muon(0, 1)    # (64, 256), hidden
+    expected[f"{b}/mlp/fc/bias"] = ADAMW
+    expected[f"{b}/mlp/proj/kernel"] = muon(0, 1)
+    expected[f"{b}/mlp/proj/bias"] = ADAMW
+  return _nnx_case("sharded-train-gpt", lambda: GPT(config, nnx.Rngs(0)),
+                   expected, ("ln1/scale", "ln2/scale", "ln_f/scale"),
+                   config.vocab_size, SEQ,
+                   "; examples/tasks/lm.py GPT at examples/sharded_train.py's "
+                   "defaults (--d-model 64 --layers 2 --seq-len 64)")
+
+
 # ------------------------------------------------------------ registry ----
 
 CASES: dict[str, Callable[[], ModelCase]] = {
@@ -524,6 +716,10 @@ CASES: dict[str, Callable[[], ModelCase]] = {
     "hf-llama": hf_llama,
     "hf-llama-vocab-collision": hf_llama_vocab_collision,
     "hf-bert": hf_bert,
+    "nnx-transformer": nnx_transformer,
+    "nnx-scan": nnx_scan,
+    "linen-scan": linen_scan,
+    "sharded-train-gpt": sharded_train_gpt,
 }
 
 #: The library each case needs beyond jax, optax and flax.
@@ -536,4 +732,8 @@ REQUIRES: dict[str, str] = {
     "hf-llama": "transformers",
     "hf-llama-vocab-collision": "transformers",
     "hf-bert": "transformers",
+    "nnx-transformer": "flax",
+    "nnx-scan": "flax",
+    "linen-scan": "flax",
+    "sharded-train-gpt": "flax",
 }
