@@ -705,6 +705,221 @@ def sharded_train_gpt() -> ModelCase:
                    "defaults (--d-model 64 --layers 2 --seq-len 64)")
 
 
+# ------------------------------------------------------- Gemma-shaped ----
+
+GEMMA_SOURCE = (
+    "Gemma-shaped Linen modules written from google-deepmind/gemma 4.1.0 "
+    "(commit 7691fd4e7f26): gemma/gm/nn/_layers.py (Einsum: param `w` of "
+    "`shape`, `jnp.einsum(eqn, x, w)`; RMSNorm: `scale`, x * (1 + scale)), "
+    "gemma/gm/nn/_modules.py (Embedder: `input_embedding`, encode = lookup, "
+    "decode = `x @ table.T`; Attention: qkv_einsum 'BTD,SNDH->SBTNH' when "
+    "num_kv_heads == num_heads, else q_einsum 'BTD,NDH->BTNH' and kv_einsum "
+    "'BSD,CKDH->CBSKH', attn_vec_einsum 'BTNH,NHD->BTD', GQA logits "
+    "'BTKGH,BSKH->BTKGS'; FeedForward: gating_einsum '...F,NHF->...NH' "
+    "(transposed) or '...F,NFH->...NH', linear '...H,HF->...F', both "
+    "share_scope'd into `mlp`; Block norms), gemma/gm/nn/_transformer.py "
+    "(embedder, layer_{i}, final_norm, logits = embedder.decode), "
+    "gemma/gm/nn/_gemma.py (Gemma3_1B: qk-norm, post-norms, "
+    "transpose_gating_einsum=True)")
+
+
+@functools.cache
+def _gemma_modules():
+  import flax.linen as nn
+
+  class Einsum(nn.Module):
+    shape: tuple
+    weight_name: str = "w"
+
+    @nn.compact
+    def __call__(self, eqn, x):
+      w = self.param(self.weight_name, nn.initializers.normal(), self.shape)
+      return jnp.einsum(eqn, x, w)
+
+  class RMSNorm(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      scale = self.param("scale", nn.initializers.zeros_init(), (x.shape[-1],))
+      x = x * jax.lax.rsqrt(jnp.mean(jnp.square(x), -1, keepdims=True) + 1e-6)
+      return x * (1 + scale)
+
+  class Embedder(nn.Module):
+    vocab_size: int
+    embed_dim: int
+
+    def setup(self):
+      self.input_embedding_table = self.param(
+          "input_embedding", nn.initializers.normal(),
+          (self.vocab_size, self.embed_dim))
+
+    def encode(self, x):
+      return self.input_embedding_table[(x,)] * jnp.sqrt(self.embed_dim)
+
+    def decode(self, x):
+      return jnp.dot(x, self.input_embedding_table.T)
+
+  class Attention(nn.Module):
+    num_heads: int
+    num_kv_heads: int
+    features: int
+    head_dim: int
+    use_qk_norm: bool
+
+    def setup(self):
+      n, k, d, h = self.num_heads, self.num_kv_heads, self.features, self.head_dim
+      self.attn_vec_einsum = Einsum((n, h, d))
+      if n == k:
+        self.qkv_einsum = Einsum((3, n, d, h))
+      else:
+        self.q_einsum = Einsum((n, d, h))
+        self.kv_einsum = Einsum((2, k, d, h))
+      if self.use_qk_norm:
+        self._query_norm = RMSNorm()
+        self._key_norm = RMSNorm()
+
+    def __call__(self, x):
+      n, k = self.num_heads, self.num_kv_heads
+      if n == k:
+        q, key, value = self.qkv_einsum("BTD,SNDH->SBTNH", x)
+      else:
+        q = self.q_einsum("BTD,NDH->BTNH", x)
+        key, value = self.kv_einsum("BSD,CKDH->CBSKH", x)
+      if self.use_qk_norm:
+        q, key = self._query_norm(q), self._key_norm(key)
+      q = q * self.head_dim ** -0.5
+      b, t, _, h = q.shape
+      q = q.reshape(b, t, k, n // k, h)  # groups of query heads per kv head
+      logits = jnp.einsum("BTKGH,BSKH->BTKGS", q, key)
+      causal = jnp.tril(jnp.ones((t, t), bool))[None, :, None, None, :]
+      probs = jax.nn.softmax(jnp.where(causal, logits, -1e30), axis=-1)
+      encoded = jnp.einsum("BTKGS,BSKH->BTKGH", probs, value)
+      return self.attn_vec_einsum("BTNH,NHD->BTD", encoded.reshape(b, t, n, h))
+
+  class FeedForward(nn.Module):
+    features: int
+    hidden_dim: int
+    transpose_gating_einsum: bool
+
+    @nn.compact
+    def __call__(self, x):
+      if self.transpose_gating_einsum:
+        eq, shape = "...F,NHF->...NH", (2, self.hidden_dim, self.features)
+      else:
+        eq, shape = "...F,NFH->...NH", (2, self.features, self.hidden_dim)
+      gating = Einsum(shape, weight_name="gating_einsum")
+      nn.share_scope(self, gating)
+      gate = gating(eq, x)
+      activations = nn.gelu(gate[..., 0, :]) * gate[..., 1, :]
+      linear = Einsum((self.hidden_dim, self.features), weight_name="linear")
+      nn.share_scope(self, linear)
+      return linear("...H,HF->...F", activations)
+
+  class Block(nn.Module):
+    num_heads: int
+    num_kv_heads: int
+    embed_dim: int
+    head_dim: int
+    hidden_dim: int
+    post_norms: bool
+    use_qk_norm: bool
+    transpose_gating_einsum: bool
+
+    def setup(self):
+      self.pre_attention_norm = RMSNorm()
+      self.attn = Attention(self.num_heads, self.num_kv_heads, self.embed_dim,
+                            self.head_dim, self.use_qk_norm)
+      if self.post_norms:
+        self.post_attention_norm = RMSNorm()
+        self.post_ffw_norm = RMSNorm()
+      self.pre_ffw_norm = RMSNorm()
+      self.mlp = FeedForward(self.embed_dim, self.hidden_dim,
+                             self.transpose_gating_einsum)
+
+    def __call__(self, x):
+      a = self.attn(self.pre_attention_norm(x))
+      if self.post_norms:
+        a = self.post_attention_norm(a)
+      x = x + a
+      f = self.mlp(self.pre_ffw_norm(x))
+      if self.post_norms:
+        f = self.post_ffw_norm(f)
+      return x + f
+
+  class Transformer(nn.Module):
+    vocab: int
+    layers: int
+    block: dict
+
+    def setup(self):
+      self.embedder = Embedder(self.vocab, self.block["embed_dim"])
+      self.blocks = [Block(**self.block, name=f"layer_{i}")
+                     for i in range(self.layers)]
+      self.final_norm = RMSNorm()
+
+    def __call__(self, tokens):
+      x = self.embedder.encode(tokens)
+      for block in self.blocks:
+        x = block(x)
+      return self.embedder.decode(self.final_norm(x))
+
+  return Transformer
+
+
+def _gemma(name, num_heads, num_kv_heads, gemma3):
+  d, h, f, layers = 16, 8, 32, 2
+  block = dict(num_heads=num_heads, num_kv_heads=num_kv_heads, embed_dim=d,
+               head_dim=h, hidden_dim=f, post_norms=gemma3,
+               use_qk_norm=gemma3, transpose_gating_einsum=gemma3)
+  model = _gemma_modules()(VOCAB, layers, block)
+  tokens = _ints(VOCAB, (BATCH, SEQ + 1))
+  # The tied table: looked up by `encode` and the head by `decode`.
+  expected = {"embedder/input_embedding": ADAMW, "final_norm/scale": ADAMW}
+  for i in range(layers):
+    layer = f"layer_{i}"
+    norms = ["pre_attention_norm", "pre_ffw_norm"]
+    if gemma3:
+      norms += ["post_attention_norm", "post_ffw_norm", "attn/_query_norm",
+                "attn/_key_norm"]
+    for norm in norms:
+      expected[f"{layer}/{norm}/scale"] = ADAMW
+    if num_heads == num_kv_heads:
+      # 'BTD,SNDH->SBTNH': D contracted; S (q, k, v) unpacked after the
+      # product: three matrices, a batch axis; N, H free.
+      expected[f"{layer}/attn/qkv_einsum/w"] = muon(2, (1, 3))
+    else:
+      # 'BTD,NDH->BTNH': D contracted, N and H free (one product).
+      expected[f"{layer}/attn/q_einsum/w"] = muon(1, (0, 2))
+      # 'BSD,CKDH->CBSKH': D contracted; C (k, v) unpacked after: batch.
+      expected[f"{layer}/attn/kv_einsum/w"] = muon(2, (1, 3))
+    # 'BTNH,NHD->BTD': N and H contracted.
+    expected[f"{layer}/attn/attn_vec_einsum/w"] = muon((0, 1), 2)
+    # gating (2, F, D) '...F,NHF->...NH' (Gemma 3) or (2, D, F)
+    # '...F,NFH->...NH': the model's features contracted, the hidden width
+    # free; N (gate, up) indexed apart after the product: a batch axis.
+    expected[f"{layer}/mlp/gating_einsum"] = (
+        muon(2, 1) if gemma3 else muon(1, 2))
+    expected[f"{layer}/mlp/linear"] = muon(0, 1)  # '...H,HF->...F'
+  abstract = jax.eval_shape(model.init, jax.random.key(0),
+                            tokens[:, :-1])["params"]
+  params = _fill(abstract, expected)  # RMSNorm scales start at 0 (1 + s)
+  forward = lambda p, t: model.apply({"params": p}, t)
+  return ModelCase(name, GEMMA_SOURCE, params, forward, (tokens[:, :-1],),
+                   _lm_loss(forward, tokens), expected)
+
+
+def gemma3_shaped() -> ModelCase:
+  """Gemma 3's layout (1B config, shrunk): grouped-query attention (4 query
+  heads, 2 kv heads) with q_einsum / kv_einsum, qk-norm, post-norms, the
+  transposed gating einsum ``(2, hidden, features)``, tied embedding."""
+  return _gemma("gemma3-shaped", 4, 2, gemma3=True)
+
+
+def gemma_qkv_shaped() -> ModelCase:
+  """Gemma 1's multi-head layout (num_kv_heads == num_heads): one
+  ``qkv_einsum (3, N, D, H)``, gating ``(2, features, hidden)``."""
+  return _gemma("gemma-qkv-shaped", 2, 2, gemma3=False)
+
+
 # ------------------------------------------------------------ registry ----
 
 CASES: dict[str, Callable[[], ModelCase]] = {
@@ -720,6 +935,8 @@ CASES: dict[str, Callable[[], ModelCase]] = {
     "nnx-scan": nnx_scan,
     "linen-scan": linen_scan,
     "sharded-train-gpt": sharded_train_gpt,
+    "gemma3-shaped": gemma3_shaped,
+    "gemma-qkv-shaped": gemma_qkv_shaped,
 }
 
 #: The library each case needs beyond jax, optax and flax.
@@ -736,4 +953,6 @@ REQUIRES: dict[str, str] = {
     "nnx-scan": "flax",
     "linen-scan": "flax",
     "sharded-train-gpt": "flax",
+    "gemma3-shaped": "flax",
+    "gemma-qkv-shaped": "flax",
 }
