@@ -920,6 +920,220 @@ def gemma_qkv_shaped() -> ModelCase:
   return _gemma("gemma-qkv-shaped", 2, 2, gemma3=False)
 
 
+# ----------------------------------------------------- MaxText-shaped ----
+
+MAXTEXT_SOURCE = (
+    "MaxText-shaped Linen models written from AI-Hypercomputer/maxtext "
+    "(commit e591f30cbbf2): src/maxtext/layers/linears.py (DenseGeneral: "
+    "kernel in_features_shape + out_features_shape, lax.dot_general "
+    "contracting the inputs' `axis` with the kernel's leading axes; MlpBlock: "
+    "wi_0, wi_1 (emb, mlp) for mlp_activations ['silu', 'linear'], wo (mlp, "
+    "emb)), attentions.py (query/key/value kernels (emb, heads, head_dim), "
+    "out (heads, head_dim, emb) with axis=(-2, -1)), moe.py (RoutedMoE: "
+    "GateLogit kernel (emb, experts); wi_0/wi_1 (experts, emb, mlp), wo "
+    "(experts, mlp, emb); dense_matmul einsums 'BSM,BSEC -> EBCM', "
+    "'EBCM,EMH -> EBCH', 'EBCH,EHM -> EBCM', 'EBCM,BSEC -> BSM'), "
+    "decoders.py (scan_decoder_layers: nn.scan with variable_axes "
+    "{'params': cfg.param_scan_axis}, name 'layers'; decoder_norm; "
+    "logits_dense (emb, vocab) as logits_via_embedding is false), "
+    "normalizations.py (RMSNorm `scale`), embeddings.py (Embed `embedding`, "
+    "a lookup), models.py (`token_embedder`), models/llama2.py and "
+    "models/mixtral.py (layer names), configs/base.yml (scan_layers: true, "
+    "param_scan_axis: 1)")
+MAXTEXT_LAYERS, MAXTEXT_EXPERTS = 2, 4
+
+
+def _dense(x, kernel, n):
+  """DenseGeneral's product: the last ``n`` axes of ``x`` with the
+  kernel's first ``n``."""
+  axes = tuple(range(x.ndim - n, x.ndim))
+  return jax.lax.dot_general(x, kernel, ((axes, tuple(range(n))), ((), ())))
+
+
+@functools.cache
+def _maxtext_modules():
+  import flax.linen as nn
+
+  normal = nn.initializers.normal()
+
+  class DenseGeneral(nn.Module):
+    in_shape: tuple
+    out_shape: tuple
+
+    @nn.compact
+    def __call__(self, x):
+      kernel = self.param("kernel", normal, self.in_shape + self.out_shape)
+      return _dense(x, kernel, len(self.in_shape))
+
+  class RMSNorm(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      scale = self.param("scale", nn.initializers.ones, (x.shape[-1],))
+      x = x * jax.lax.rsqrt(jnp.mean(jnp.square(x), -1, keepdims=True) + 1e-6)
+      return x * scale
+
+  class Attention(nn.Module):
+    heads: int
+    head_dim: int
+
+    @nn.compact
+    def __call__(self, x):
+      emb, hd = x.shape[-1], (self.heads, self.head_dim)
+      q = DenseGeneral((emb,), hd, name="query")(x) * self.head_dim ** -0.5
+      k = DenseGeneral((emb,), hd, name="key")(x)
+      v = DenseGeneral((emb,), hd, name="value")(x)
+      t = x.shape[1]
+      logits = jnp.einsum("btnh,bsnh->bnts", q, k)
+      causal = jnp.tril(jnp.ones((t, t), bool))
+      probs = jax.nn.softmax(jnp.where(causal, logits, -1e30), axis=-1)
+      y = jnp.einsum("bnts,bsnh->btnh", probs, v)
+      return DenseGeneral(hd, (emb,), name="out")(y)
+
+  class MlpBlock(nn.Module):
+    mlp: int
+
+    @nn.compact
+    def __call__(self, x):
+      emb = x.shape[-1]
+      h = (nn.silu(DenseGeneral((emb,), (self.mlp,), name="wi_0")(x))
+           * DenseGeneral((emb,), (self.mlp,), name="wi_1")(x))
+      return DenseGeneral((self.mlp,), (emb,), name="wo")(h)
+
+  class RoutedMoE(nn.Module):
+    mlp: int
+    experts: int
+    top_k: int = 2
+
+    @nn.compact
+    def __call__(self, x):
+      b, s, m = x.shape
+      e, h = self.experts, self.mlp
+      gate_logits = DenseGeneral((m,), (e,), name="gate")(x)
+      top, index = jax.lax.top_k(gate_logits, self.top_k)
+      weights = jnp.sum(jax.nn.softmax(top, axis=-1)[..., None]
+                        * jax.nn.one_hot(index, e), axis=-2)  # (b, s, e)
+      # Capacity = the sequence: each token its own slot in each expert.
+      routed = jnp.sum(jax.nn.one_hot(index, e), axis=-2)      # (b, s, e)
+      dispatch = routed[..., None] * jnp.eye(s)[None, :, None, :]  # BSEC
+      combine = dispatch * weights[..., None]
+      wi_0 = self.param("wi_0", normal, (e, m, h))
+      wi_1 = self.param("wi_1", normal, (e, m, h))
+      wo = self.param("wo", normal, (e, h, m))
+      xs = jnp.einsum("BSM,BSEC->EBCM", x, dispatch)
+      layer_w0 = jnp.einsum("EBCM,EMH->EBCH", xs, wi_0)
+      layer_w1 = jnp.einsum("EBCM,EMH->EBCH", xs, wi_1)
+      out = jnp.einsum("EBCH,EHM->EBCM", nn.silu(layer_w0) * layer_w1, wo)
+      return jnp.einsum("EBCM,BSEC->BSM", out, combine)
+
+  class DecoderLayer(nn.Module):
+    heads: int
+    head_dim: int
+    mlp: int
+    experts: int  # 0: dense (llama2.py), else RoutedMoE (mixtral.py)
+
+    @nn.compact
+    def __call__(self, x):
+      h = RMSNorm(name="pre_self_attention_layer_norm")(x)
+      x = x + Attention(self.heads, self.head_dim, name="self_attention")(h)
+      h = RMSNorm(name="post_self_attention_layer_norm")(x)
+      if self.experts:
+        return x + RoutedMoE(self.mlp, self.experts, name="MoeBlock_0")(h), None
+      return x + MlpBlock(self.mlp, name="mlp")(h), None
+
+  class Decoder(nn.Module):
+    vocab: int
+    layer: dict
+
+    @nn.compact
+    def __call__(self, x):
+      stack = nn.scan(DecoderLayer, variable_axes={"params": 1},
+                      split_rngs={"params": True}, in_axes=(),
+                      length=MAXTEXT_LAYERS)
+      x, _ = stack(**self.layer, name="layers")(x)
+      x = RMSNorm(name="decoder_norm")(x)
+      return DenseGeneral((x.shape[-1],), (self.vocab,), name="logits_dense")(x)
+
+  class Embed(nn.Module):
+    vocab: int
+    emb: int
+
+    @nn.compact
+    def __call__(self, tokens):
+      table = self.param("embedding", normal, (self.vocab, self.emb))
+      return table[tokens]
+
+  class Transformer(nn.Module):
+    """token_embedder (models.py) and decoder (decoders.py)."""
+
+    vocab: int
+    emb: int
+    layer: dict
+
+    def setup(self):
+      self.token_embedder = Embed(self.vocab, self.emb)
+      self.decoder = Decoder(self.vocab, self.layer)
+
+    def __call__(self, tokens):
+      return self.decoder(self.token_embedder(tokens))
+
+  return Transformer
+
+
+def _maxtext(name, experts):
+  emb, heads, head_dim, mlp = 16, 2, 8, 32
+  layer = dict(heads=heads, head_dim=head_dim, mlp=mlp, experts=experts)
+  model = _maxtext_modules()(VOCAB, emb, layer)
+  tokens = _ints(VOCAB, (BATCH, SEQ + 1))
+  lay = "decoder/layers"
+  expected = {
+      "token_embedder/embedding": ADAMW,       # looked up
+      "decoder/decoder_norm/scale": ADAMW,
+      "decoder/logits_dense/kernel": ADAMW,    # the head (emb, vocab)
+      # nn.scan's param_scan_axis=1: every layer leaf has the layer axis at
+      # position 1 (a batch axis); norm scales become (emb, layers).
+      f"{lay}/pre_self_attention_layer_norm/scale": ADAMW,
+      f"{lay}/post_self_attention_layer_norm/scale": ADAMW,
+      # (emb, L, heads, head_dim): emb contracted, heads and head_dim free.
+      f"{lay}/self_attention/query/kernel": muon(0, (2, 3)),
+      f"{lay}/self_attention/key/kernel": muon(0, (2, 3)),
+      f"{lay}/self_attention/value/kernel": muon(0, (2, 3)),
+      # (heads, L, head_dim, emb): heads and head_dim contracted.
+      f"{lay}/self_attention/out/kernel": muon((0, 2), 3),
+  }
+  if experts:
+    moe = f"{lay}/MoeBlock_0"
+    # The router (emb, L, experts): a product with the activations whose
+    # result feeds top-k and the combine weights, not the output.
+    expected[f"{moe}/gate/kernel"] = muon(0, 2)
+    # (experts, L, emb, mlp) / (experts, L, mlp, emb): the expert axis is
+    # a dot_general batch axis of 'EBCM,EMH->EBCH'; the layer axis too.
+    expected[f"{moe}/wi_0"] = muon(2, 3)
+    expected[f"{moe}/wi_1"] = muon(2, 3)
+    expected[f"{moe}/wo"] = muon(2, 3)
+  else:
+    # (emb, L, mlp) and (mlp, L, emb).
+    for w in ("wi_0", "wi_1", "wo"):
+      expected[f"{lay}/mlp/{w}/kernel"] = muon(0, 2)
+  abstract = jax.eval_shape(model.init, jax.random.key(0),
+                            tokens[:, :-1])["params"]
+  params = _fill(abstract, expected, ("norm/scale",))
+  forward = lambda p, t: model.apply({"params": p}, t)
+  return ModelCase(name, MAXTEXT_SOURCE, params, forward, (tokens[:, :-1],),
+                   _lm_loss(forward, tokens), expected)
+
+
+def maxtext_dense_shaped() -> ModelCase:
+  """MaxText's default decoder (llama2 block), scanned with the layer axis
+  at position 1 (``param_scan_axis=1``)."""
+  return _maxtext("maxtext-dense-shaped", experts=0)
+
+
+def maxtext_moe_shaped() -> ModelCase:
+  """MaxText's Mixtral block: a routed MoE of 4 experts (top 2) whose
+  stacks are ``(experts, layers, emb, mlp)``."""
+  return _maxtext("maxtext-moe-shaped", experts=MAXTEXT_EXPERTS)
+
+
 # ------------------------------------------------------------ registry ----
 
 CASES: dict[str, Callable[[], ModelCase]] = {
@@ -937,6 +1151,8 @@ CASES: dict[str, Callable[[], ModelCase]] = {
     "sharded-train-gpt": sharded_train_gpt,
     "gemma3-shaped": gemma3_shaped,
     "gemma-qkv-shaped": gemma_qkv_shaped,
+    "maxtext-dense-shaped": maxtext_dense_shaped,
+    "maxtext-moe-shaped": maxtext_moe_shaped,
 }
 
 #: The library each case needs beyond jax, optax and flax.
@@ -955,4 +1171,6 @@ REQUIRES: dict[str, str] = {
     "sharded-train-gpt": "flax",
     "gemma3-shaped": "flax",
     "gemma-qkv-shaped": "flax",
+    "maxtext-dense-shaped": "flax",
+    "maxtext-moe-shaped": "flax",
 }
