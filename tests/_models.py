@@ -1134,6 +1134,246 @@ def maxtext_moe_shaped() -> ModelCase:
   return _maxtext("maxtext-moe-shaped", experts=MAXTEXT_EXPERTS)
 
 
+# --------------------------------------------- Haliax/Levanter-shaped ----
+
+HALIAX_SOURCE = (
+    "Haliax/Levanter-shaped Equinox modules: a NamedArray written from "
+    "stanford-crfm/haliax (commit f41e7d40c63d) src/haliax/core.py "
+    "(`register_pytree_node_class`, tree_flatten -> ((array,), axes): one "
+    "child, so flattened paths end in '/0'; axes are Axis(name, size) aux "
+    "data), src/haliax/nn/linear.py (Linear weight axes In+Out when "
+    "out_first=False, `inputs.dot(weight, axis=In)`), nn/embedding.py "
+    "(`weight.take(Vocab, ids)`, unembed `dot(x, weight, axis='embed')`), "
+    "nn/normalization.py (LayerNorm weight, bias over the axis), nn/scan.py "
+    "(Stacked: field `stacked`, haliax.vmap init adds the Block axis first, "
+    "fold = scan); the GPT of stanford-crfm/levanter (commit 9263f81e8b45) "
+    "src/levanter/models/gpt2.py (embeddings/token_embeddings, "
+    "position_embeddings; transformer/blocks (Stacked over 'layers'), ln_f; "
+    "attn/c_attn Embed -> (qkv, heads, head_size), unbind('qkv'); c_proj "
+    "(heads, head_size) -> Embed; mlp/c_fc, c_proj; tied unembed)")
+
+
+@dataclasses.dataclass(frozen=True)
+class Axis:
+  """A named axis, as ``haliax.Axis``."""
+
+  name: str
+  size: int
+
+
+@jax.tree_util.register_pytree_node_class
+class NamedArray:
+  """An array with named axes, flattened as ``haliax.NamedArray``: the
+  array is the one child (key path entry ``0``), the axes the aux data."""
+
+  def __init__(self, array, axes):
+    self.array = array
+    self.axes = tuple(axes)
+
+  @property
+  def names(self) -> tuple[str, ...]:
+    return tuple(a.name for a in self.axes)
+
+  def tree_flatten(self):
+    return (self.array,), self.axes
+
+  @classmethod
+  def tree_unflatten(cls, axes, children):
+    return cls(children[0], axes)
+
+
+def _named_dot(a: NamedArray, b: NamedArray, axis) -> NamedArray:
+  """``haliax.dot``: contracts the named ``axis``; other shared names are
+  batch axes (elementwise)."""
+  axis = (axis,) if isinstance(axis, str) else tuple(axis)
+  names = list(dict.fromkeys(a.names + b.names))
+  letter = {n: chr(ord("a") + i) for i, n in enumerate(names)}
+  out = [n for n in names if n not in axis]
+  eqn = "{},{}->{}".format("".join(letter[n] for n in a.names),
+                           "".join(letter[n] for n in b.names),
+                           "".join(letter[n] for n in out))
+  sizes = {ax.name: ax for ax in a.axes + b.axes}
+  return NamedArray(jnp.einsum(eqn, a.array, b.array),
+                    [sizes[n] for n in out])
+
+
+def _named_normal(rng, axes, scale):
+  return NamedArray(scale * rng.normal(size=[a.size for a in axes]), axes)
+
+
+@functools.cache
+def _haliax_modules():
+  eqx = pytest.importorskip("equinox")
+
+  def rearranged(x: NamedArray, names) -> NamedArray:
+    perm = [x.names.index(n) for n in names]
+    return NamedArray(jnp.transpose(x.array, perm), [x.axes[p] for p in perm])
+
+  def add(x: NamedArray, bias: NamedArray) -> NamedArray:
+    y = rearranged(x, [n for n in x.names if n not in bias.names]
+                   + list(bias.names))
+    return NamedArray(y.array + bias.array, y.axes)
+
+  class Linear(eqx.Module):
+    weight: NamedArray   # In + Out (out_first=False)
+    bias: NamedArray     # Out
+    In: tuple = eqx.field(static=True)
+
+    def __call__(self, x):
+      return add(_named_dot(x, self.weight, self.In), self.bias)
+
+  class LayerNorm(eqx.Module):
+    weight: NamedArray
+    bias: NamedArray
+
+    def __call__(self, x):
+      x = rearranged(x, [n for n in x.names if n != "embed"] + ["embed"])
+      mean = x.array.mean(-1, keepdims=True)
+      y = (x.array - mean) * jax.lax.rsqrt(
+          ((x.array - mean) ** 2).mean(-1, keepdims=True) + 1e-5)
+      return NamedArray(y * self.weight.array + self.bias.array, x.axes)
+
+  class Embedding(eqx.Module):
+    weight: NamedArray   # (vocab, embed)
+
+    def take(self, ids, names):
+      return NamedArray(self.weight.array[ids],
+                        [Axis(n, s) for n, s in zip(names, ids.shape)]
+                        + [self.weight.axes[1]])
+
+  class Block(eqx.Module):
+    ln_1: LayerNorm
+    attn: Any      # {"c_attn": Linear, "c_proj": Linear}
+    ln_2: LayerNorm
+    mlp: Any       # {"c_fc": Linear, "c_proj": Linear}
+
+    def __call__(self, x):
+      qkv = self.attn["c_attn"](self.ln_1(x))
+      qkv = rearranged(qkv, ("qkv", "batch", "heads", "position", "head_size"))
+      q, k, v = (NamedArray(qkv.array[i], qkv.axes[1:]) for i in range(3))
+      rename = lambda t: NamedArray(t.array, [
+          Axis("key_position", a.size) if a.name == "position" else a
+          for a in t.axes])
+      k, v = rename(k), rename(v)
+      scores = _named_dot(q, k, "head_size")  # batch heads position key_pos
+      t = scores.array.shape[-1]
+      causal = jnp.tril(jnp.ones((t, t), bool))
+      probs = jax.nn.softmax(
+          jnp.where(causal, scores.array / np.sqrt(q.axes[-1].size), -1e30),
+          axis=-1)
+      y = _named_dot(NamedArray(probs, scores.axes), v, "key_position")
+      x = add(x, self.attn["c_proj"](y))
+      h = self.mlp["c_fc"](self.ln_2(x))
+      h = NamedArray(jax.nn.gelu(h.array), h.axes)
+      return add(x, self.mlp["c_proj"](h))
+
+  class Stacked(eqx.Module):
+    stacked: Block   # every leaf with the Block axis first
+
+    def fold(self, x):
+      """``lax.scan`` over the Block axis: each step's slices become named
+      arrays again without it."""
+      is_named = lambda a: isinstance(a, NamedArray)
+      named, treedef = jax.tree.flatten(self.stacked, is_leaf=is_named)
+      axes = [a.axes[1:] for a in named]
+
+      def body(x, arrays):
+        block = jax.tree.unflatten(
+            treedef, [NamedArray(arr, ax) for arr, ax in zip(arrays, axes)])
+        return block(x), None
+
+      return jax.lax.scan(body, x, [a.array for a in named])[0]
+
+  class Transformer(eqx.Module):
+    blocks: Stacked
+    ln_f: LayerNorm
+
+  class Embeddings(eqx.Module):
+    token_embeddings: Embedding
+    position_embeddings: Embedding
+
+  class LMHeadModel(eqx.Module):
+    transformer: Transformer
+    embeddings: Embeddings
+
+    def __call__(self, ids):
+      e = self.embeddings
+      x = e.token_embeddings.take(ids, ("batch", "position"))
+      pos = e.position_embeddings.take(jnp.arange(ids.shape[1]),
+                                       ("position",))
+      x = add(x, pos)
+      x = self.transformer.ln_f(self.transformer.blocks.fold(x))
+      logits = _named_dot(x, e.token_embeddings.weight, "embed")
+      return rearranged(logits, ("batch", "position", "vocab")).array
+
+  return Linear, LayerNorm, Embedding, Block, Stacked, Transformer, \
+      Embeddings, LMHeadModel
+
+
+def haliax_gpt_shaped() -> ModelCase:
+  """Levanter's GPT-2 on Haliax-style named arrays: blocks stacked over
+  ``layers`` and folded with ``lax.scan``, the token embedding tied."""
+  eqx = pytest.importorskip("equinox")
+  (Linear, LayerNorm, Embedding, Block, Stacked, Transformer, Embeddings,
+   LMHeadModel) = _haliax_modules()
+  rng = np.random.default_rng(0)
+  L, E = Axis("layers", 2), Axis("embed", 16)
+  H, D = Axis("heads", 2), Axis("head_size", 8)
+  M, Q = Axis("mlp", 32), Axis("qkv", 3)
+  V, P = Axis("vocab", VOCAB), Axis("position", SEQ)
+  ones = lambda axes: NamedArray(np.ones([a.size for a in axes]), axes)
+  zeros = lambda axes: NamedArray(np.zeros([a.size for a in axes]), axes)
+
+  def linear(In, Out):
+    fan_in = int(np.prod([a.size for a in In]))
+    return Linear(_named_normal(rng, (L, *In, *Out), fan_in ** -0.5),
+                  zeros((L, *Out)), tuple(a.name for a in In))
+
+  norm = lambda *lead: LayerNorm(ones((*lead, E)), zeros((*lead, E)))
+  block = Block(norm(L), {"c_attn": linear((E,), (Q, H, D)),
+                          "c_proj": linear((H, D), (E,))},
+                norm(L), {"c_fc": linear((E,), (M,)),
+                          "c_proj": linear((M,), (E,))})
+  model = LMHeadModel(
+      Transformer(Stacked(block), norm()),
+      Embeddings(Embedding(_named_normal(rng, (V, E), 0.02)),
+                 Embedding(_named_normal(rng, (P, E), 0.02))))
+  model = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), model)
+  params, static = eqx.partition(model, eqx.is_array)
+
+  def forward(p, ids):
+    return eqx.combine(p, static)(ids)
+
+  tokens = _ints(VOCAB, (BATCH, SEQ + 1))
+  b = "transformer/blocks/stacked"
+  expected = {
+      # Looked up by `take`; the token table also the tied unembedding.
+      "embeddings/token_embeddings/weight/0": ADAMW,
+      "embeddings/position_embeddings/weight/0": ADAMW,
+      "transformer/ln_f/weight/0": ADAMW,
+      "transformer/ln_f/bias/0": ADAMW,
+      # Stacked LayerNorms (layers, embed), elementwise.
+      f"{b}/ln_1/weight/0": ADAMW,
+      f"{b}/ln_1/bias/0": ADAMW,
+      f"{b}/ln_2/weight/0": ADAMW,
+      f"{b}/ln_2/bias/0": ADAMW,
+      # (layers, embed, qkv, heads, head_size): embed contracted; qkv
+      # unbound after the product (three matrices: a batch axis), heads and
+      # head_size free.
+      f"{b}/attn/c_attn/weight/0": muon(1, (3, 4)),
+      f"{b}/attn/c_attn/bias/0": ADAMW,
+      # (layers, heads, head_size, embed): heads and head_size contracted.
+      f"{b}/attn/c_proj/weight/0": muon((1, 2), 3),
+      f"{b}/attn/c_proj/bias/0": ADAMW,
+      f"{b}/mlp/c_fc/weight/0": muon(1, 2),      # (layers, embed, mlp)
+      f"{b}/mlp/c_fc/bias/0": ADAMW,
+      f"{b}/mlp/c_proj/weight/0": muon(1, 2),    # (layers, mlp, embed)
+      f"{b}/mlp/c_proj/bias/0": ADAMW,
+  }
+  return ModelCase("haliax-gpt-shaped", HALIAX_SOURCE, params, forward,
+                   (tokens[:, :-1],), _lm_loss(forward, tokens), expected)
+
+
 # ------------------------------------------------------------ registry ----
 
 CASES: dict[str, Callable[[], ModelCase]] = {
@@ -1153,6 +1393,7 @@ CASES: dict[str, Callable[[], ModelCase]] = {
     "gemma-qkv-shaped": gemma_qkv_shaped,
     "maxtext-dense-shaped": maxtext_dense_shaped,
     "maxtext-moe-shaped": maxtext_moe_shaped,
+    "haliax-gpt-shaped": haliax_gpt_shaped,
 }
 
 #: The library each case needs beyond jax, optax and flax.
@@ -1173,4 +1414,5 @@ REQUIRES: dict[str, str] = {
     "gemma-qkv-shaped": "flax",
     "maxtext-dense-shaped": "flax",
     "maxtext-moe-shaped": "flax",
+    "haliax-gpt-shaped": "equinox",
 }
