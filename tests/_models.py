@@ -10,6 +10,13 @@ array leaf, written by reading what the model's own code does with it:
   ``"muon"``; the contracted axes (for a convolution: input channels and the
   kernel's spatial axes) are the fan-in, the free axes the fan-out, and every
   other axis (stacked layers of a ``vmap``/``scan``, experts) a batch axis;
+  a free axis of its own that the code takes apart right after the product
+  (Gemma's ``kv_einsum`` ``C`` and ``gating_einsum`` ``N``, Levanter's
+  ``qkv``: k and v, gate and up are separate matrices) is a batch axis too,
+  while q/k/v fused into one axis (GPT-2's ``c_attn (3d, d)``) stay one
+  fan-out, as no axis separates them; attention heads that are free axes
+  of one product (Flax's ``(in, heads, head_dim)``, Gemma's ``q_einsum``)
+  are fan-out, not batch;
 - the matrix whose product is the model's output (the head), and a table
   that is also the head (a tied embedding): ``"adamw"``;
 - only looked up (embeddings), only elementwise (norm scales, biases),
@@ -208,9 +215,13 @@ def equinox_mlp() -> ModelCase:
       "layers/2/weight": ADAMW,
       "layers/2/bias": ADAMW,
   }
-  return _eqx_case("equinox-mlp", make, fwd, (x,),
+  case = _eqx_case("equinox-mlp", make, fwd, (x,),
                    lambda f: lambda p: jnp.mean((f(p, x) - y) ** 2), expected,
                    ones=())
+  case.names_default["layers/2/weight"] = (
+      "the output layer of eqx.nn.MLP is `layers/<depth>/weight`: no name "
+      "marks it, and its fan-out (1) is no vocabulary")
+  return case
 
 
 @functools.cache
@@ -663,9 +674,7 @@ def linen_scan() -> ModelCase:
   return ModelCase(
       "linen-scan", FLAX_SOURCE + "; tests/test_flax_models.py's LinenLM "
       "(flax/linen/transforms.py scan)", params, forward, (tokens[:, :-1],),
-      _lm_loss(forward, tokens), expected,
-      {"Dense_0/kernel": "Linen's auto-name of the head says nothing; only "
-       "its fan-out (the vocabulary, 50) marks it"})
+      _lm_loss(forward, tokens), expected)
 
 
 def sharded_train_gpt() -> ModelCase:
