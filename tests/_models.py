@@ -137,10 +137,10 @@ def _is_abstract(x) -> bool:
 def _fill(abstract, expected, ones=(), seed=0):
   """Concrete values for a tree of ``jax.ShapeDtypeStruct`` leaves.
 
-  The libraries' own initialisers would compile a program per layer (about
-  2 s a model on 2 CPU cores), so the models are built with
-  ``jax.eval_shape`` and filled here from NumPy: the tree, shapes and dtypes
-  are the library's, the values a standard initialisation. Muon leaves are
+  The libraries' own initialisers run eagerly, one small compiled program
+  per parameter (seconds a model on a 2-core CPU), so the models are built
+  with ``jax.eval_shape`` and filled here from NumPy: the tree, shapes and
+  dtypes are the library's, the values a standard initialisation. Muon leaves are
   ``N(0, 1/fan_in)``; leaves whose path ends with one of ``ones`` (norm
   scales) are ones; other AdamW leaves of rank 1 are zeros (biases), of
   higher rank (tables, heads, stacked biases) ``N(0, 0.02^2)``.
