@@ -389,8 +389,7 @@ HF_SOURCE = ("transformers 4.57.6 (tiny configs, random init, no download): "
              "models/{}")
 
 
-def _hf_case(name, cls_name, config, expected, ones, source, loss_kind="lm",
-             names_default=None):
+def _hf_case(name, cls_name, config, expected, ones, source, loss_kind="lm"):
   """``params`` is the model's params dict (``model.params`` shapes, built
   abstractly with ``_do_init=False`` and filled by :func:`_fill`);
   ``forward(p, input_ids) = model(input_ids, params=p).logits``."""
@@ -412,7 +411,7 @@ def _hf_case(name, cls_name, config, expected, ones, source, loss_kind="lm",
     inputs, targets = _ints(vocab, (BATCH, SEQ)), _ints(vocab, (BATCH, SEQ), 1)
     args, loss = (inputs,), lambda p: _xent(forward(p, inputs), targets)
   return ModelCase(name, HF_SOURCE.format(source), params, forward, args,
-                   loss, expected, dict(names_default or {}))
+                   loss, expected)
 
 
 def hf_gpt2() -> ModelCase:
@@ -456,7 +455,6 @@ def _llama(name, vocab, intermediate):
       "model/norm/weight": ADAMW,             # FlaxLlamaRMSNorm
       "lm_head/kernel": ADAMW,                # untied nn.Dense head
   }
-  names_default = {}
   for i in range(2):
     layer = f"model/layers/{i}"
     expected[f"{layer}/input_layernorm/weight"] = ADAMW
@@ -470,8 +468,7 @@ def _llama(name, vocab, intermediate):
   return _hf_case(name, "FlaxLlamaForCausalLM", config, expected,
                   ("layernorm/weight", "norm/weight"),
                   "llama/modeling_flax_llama.py (FlaxLlamaMLP, "
-                  "FlaxLlamaAttention, FlaxLlamaForCausalLMModule)",
-                  names_default=names_default)
+                  "FlaxLlamaAttention, FlaxLlamaForCausalLMModule)")
 
 
 def hf_llama() -> ModelCase:
