@@ -5,7 +5,10 @@ matrices: a dense kernel as it is, an n-D kernel with every axis but the last
 as fan-in (a conv kernel ``(H, W, C_in, C_out)`` as ``(H*W*C_in, C_out)``),
 Flax attention's q/k/v kernels ``(in, heads, head_dim)`` as ``(in,
 heads*head_dim)``, and user-declared batch axes (stacked or scanned layers)
-as a batch of such matrices. Any other layout is stated per leaf with
+as a batch of such matrices. The layouts of other well-known libraries are
+read from the names they give their weights (:func:`default_axes`: HF-Flax
+GPT-2's ``FlaxConv1D``, Equinox's and Haliax's ``weight (out, in)``, Gemma's
+einsums, MaxText's expert stacks). Any other layout is stated per leaf with
 :class:`MatrixAxes` (or ``optax.contrib.MuonDimensionNumbers``).
 """
 
@@ -42,7 +45,10 @@ def stacked(*names: str, axis: int | Sequence[int] = 0) -> BatchAxesFn:
   still go to AdamW, and matrices outside it (a final projection) keep their
   full view.
 
-  Example: ``om.muon(0.02, batch_axes=om.stacked("layers"))``.
+  Example: ``om.muon(0.02, batch_axes=om.stacked("layers"))``; MaxText,
+  which scans its layers at ``param_scan_axis=1``, needs
+  ``om.stacked("layers", axis=1)``. The stacked-layers warning of the
+  aliases names the sub-tree and the axis it found.
 
   Args:
     names: path entries that mark the stacked sub-trees.
@@ -268,7 +274,7 @@ GPT2_CONV1D_NAMES: tuple[str, ...] = ("c_attn", "q_attn", "c_proj", "c_fc")
 _GPT2_BLOCK_PARTS = frozenset(("attn", "crossattention", "mlp"))
 
 
-def _gpt2_conv1d(names, shape, rest):
+def _gpt2_conv1d(names, shape, rest, named_array):
   """HF-Flax GPT-2's ``FlaxConv1D`` kernels are ``(out, in)``.
 
   transformers 4.57.6, ``models/gpt2/modeling_flax_gpt2.py``:
@@ -279,7 +285,7 @@ def _gpt2_conv1d(names, shape, rest):
   ``h/<i>/{attn,crossattention,mlp}/{c_attn,q_attn,c_proj,c_fc}/kernel``
   (Flax ``Dense`` kernels elsewhere keep ``(in, out)``).
   """
-  del shape
+  del shape, named_array
   if (len(names) >= 5 and names[-1] == "kernel"
       and names[-2] in GPT2_CONV1D_NAMES and names[-3] in _GPT2_BLOCK_PARTS
       and is_index(names[-4]) and names[-5] == "h" and len(rest) >= 2):
@@ -294,7 +300,7 @@ GEMMA_INPUT_EINSUMS: tuple[str, ...] = ("q_einsum", "kv_einsum",
                                         "qkv_einsum")
 
 
-def _gemma_einsum(names, shape, rest):
+def _gemma_einsum(names, shape, rest, named_array):
   """Google's ``gemma`` einsum layouts.
 
   gemma 4.1 (``gemma/gm/nn/_modules.py``, read at 7691fd4; the same in
@@ -314,6 +320,7 @@ def _gemma_einsum(names, shape, rest):
   are taken as the transposed layout). ``linear (F, D)`` is ``(in, out)``,
   the default view.
   """
+  del named_array
   leaf, owner = names[-1], names[-2] if len(names) > 1 else None
   if leaf == "w" and owner == "q_einsum" and len(rest) >= 3:
     return (rest[-2],), (rest[-3], rest[-1])
@@ -329,7 +336,7 @@ def _gemma_einsum(names, shape, rest):
 MAXTEXT_EXPERT_NAMES: tuple[str, ...] = ("wi_0", "wi_1", "wo")
 
 
-def _maxtext_experts(names, shape, rest):
+def _maxtext_experts(names, shape, rest, named_array):
   """MaxText's expert stacks are ``experts`` separate matrices.
 
   MaxText ``src/maxtext/layers/moe.py`` (read at e591f30): ``RoutedMoE``
@@ -340,7 +347,7 @@ def _maxtext_experts(names, shape, rest):
   insert the layer axis at 1: ``(experts, layers, emb, mlp)``. The last two
   axes are the matrix; every other axis indexes separate matrices.
   """
-  del shape
+  del shape, named_array
   if names[-1] in MAXTEXT_EXPERT_NAMES and len(rest) >= 3:
     return (rest[-2],), (rest[-1],)
   return None
@@ -354,7 +361,7 @@ WEIGHT_INPUT_PROJECTIONS: tuple[str, ...] = (
     "key_proj", "value_proj")
 
 
-def _pytorch_weight(names, shape, rest):
+def _pytorch_weight(names, shape, rest, named_array):
   """A leaf named ``weight`` is in PyTorch's layout: ``(out, in, *spatial)``.
 
   - Equinox 0.13.8 (``equinox/nn/_linear.py``: ``Linear.weight
@@ -371,7 +378,7 @@ def _pytorch_weight(names, shape, rest):
     are taken to have one ``Out`` axis, the first (``o_proj (embed, heads,
     head_dim)``).
   """
-  del shape
+  del shape, named_array
   if names[-1] != "weight" or len(rest) < 2:
     return None
   owner = names[-2] if len(names) > 1 else None
@@ -380,7 +387,31 @@ def _pytorch_weight(names, shape, rest):
   return tuple(rest[1:]), (rest[0],)
 
 
-def _flax_attention(names, shape, rest):
+def _levanter_gpt2(names, shape, rest, named_array):
+  """Levanter's GPT-2 on Haliax keeps GPT-2's ``(in, out)`` layout.
+
+  levanter ``src/levanter/models/gpt2.py``: ``Gpt2Attention.init`` makes
+  ``c_attn = hnn.Linear.init(In=Embed, Out=(Qkv, Heads, HeadSize),
+  out_first=False)`` -- its ``weight`` is ``(embed, qkv, heads,
+  head_size)``, and the product is unbound along ``qkv`` into separate q, k,
+  v (a batch axis) -- and ``c_proj`` with ``In=(Heads, HeadSize),
+  Out=Embed, out_first=False``; the MLP's ``c_fc``/``c_proj`` are ``(in,
+  out)`` too. Recognised by a Haliax ``weight`` (its path ends in an index,
+  :func:`logical_names`) owned by ``attn/c_attn``, ``attn/c_proj``,
+  ``mlp/c_fc`` or ``mlp/c_proj``: the In axes first, then the Out axes
+  (fan-out the last axis, or ``heads, head_size`` for ``c_attn``).
+  """
+  del shape
+  if not (named_array and len(names) >= 3 and names[-1] == "weight"
+          and names[-2] in GPT2_CONV1D_NAMES
+          and names[-3] in _GPT2_BLOCK_PARTS and len(rest) >= 2):
+    return None
+  if names[-2] == "c_attn" and len(rest) >= 4:
+    return (rest[-4],), (rest[-2], rest[-1])
+  return rest[:-1], rest[-1:]
+
+
+def _flax_attention(names, shape, rest, named_array):
   """Flax attention's q/k/v kernels are ``(in, heads, head_dim)``.
 
   flax 0.12 (``flax/nnx/nn/attention.py`` ``MultiHeadAttention``,
@@ -390,15 +421,15 @@ def _flax_attention(names, shape, rest):
   ``value``: fan-in the first, fan-out ``heads*head_dim``; axes before
   them (stacked layers) are batch axes.
   """
-  del shape
+  del shape, named_array
   if (len(rest) >= 3 and names[-1] == "kernel" and len(names) > 1
       and names[-2] in ATTENTION_INPUT_NAMES):
     return (rest[-3],), (rest[-2], rest[-1])
   return None
 
 
-_LIBRARY_RULES = (_flax_attention, _gpt2_conv1d, _gemma_einsum,
-                  _maxtext_experts, _pytorch_weight)
+_LIBRARY_RULES = (_flax_attention, _gpt2_conv1d, _levanter_gpt2,
+                  _gemma_einsum, _maxtext_experts, _pytorch_weight)
 
 
 def default_axes(path: KeyPath, shape: tuple[int, ...],
@@ -408,17 +439,20 @@ def default_axes(path: KeyPath, shape: tuple[int, ...],
 
   ``rest`` are the leaf's axes that are not batch axes. The first library
   rule that matches the path decides (Flax attention's q/k/v kernels,
-  HF-Flax GPT-2's ``FlaxConv1D``, Gemma's einsums, MaxText's expert
-  stacks, PyTorch-layout ``weight`` leaves of Equinox and Haliax); axes of
+  HF-Flax GPT-2's ``FlaxConv1D``, Levanter's GPT-2, Gemma's einsums,
+  MaxText's expert stacks, PyTorch-layout ``weight`` leaves of Equinox and
+  Haliax); axes of
   ``rest`` it leaves out are batch axes. Otherwise, Flax's layout: the last
   axis is the fan-out and all others the fan-in (a conv kernel ``(H, W,
   C_in, C_out)`` as ``(H*W*C_in, C_out)``).
   """
   rest = tuple(rest)
   names = logical_names(path)
+  raw = [key_name(k) for k in path]
+  named_array = len(raw) > len(names) and is_index(raw[-1])
   if names:
     for rule in _LIBRARY_RULES:
-      axes = rule(names, shape, rest)
+      axes = rule(names, shape, rest, named_array)
       if axes is not None:
         return axes
   return rest[:-1], rest[-1:]
@@ -681,6 +715,8 @@ def matrix_view(
        ``gating_einsum (2, F, D)`` 2 matrices ``(D, F)``;
      - MaxText's expert stacks ``wi_0``, ``wi_1``, ``wo`` (``(experts,
        [layers,] d, f)``) are one matrix per expert (and layer);
+     - Levanter's GPT-2 (Haliax ``weight/0`` under ``attn/c_attn``, ...)
+       keeps ``(in, out)``, ``c_attn``'s ``qkv`` axis a batch axis;
      - a ``weight`` (Equinox, Haliax, PyTorch) is ``(out, in, *spatial)``;
      - any other leaf has its last axis as fan-out and all others as fan-in:
        a dense kernel as it is, a conv kernel ``(H, W, C_in, C_out)`` as
