@@ -219,3 +219,46 @@ def test_label_function_and_tree_are_equivalent():
   u1, _ = by_fn.update(grads, by_fn.init(tree), tree)
   u2, _ = by_tree.update(grads, by_tree.init(tree), tree)
   jax.tree.map(np.testing.assert_array_equal, u1, u2)
+
+
+def test_batch_axes_tree_is_the_per_leaf_function():
+  # A tree like the params (None or axes per leaf) is read by path, as the
+  # equivalent function is.
+  params = {"stack": {"kernel": np.zeros((3, 4, 6), np.float32),
+                      "bias": np.zeros((3, 6), np.float32)},
+            "proj": {"kernel": np.zeros((4, 6), np.float32)}}
+  tree = {"stack": {"kernel": 0, "bias": 0}, "proj": {"kernel": None}}
+  by_fn = om.describe(params, batch_axes=om.stacked("stack"))
+  assert om.describe(params, batch_axes=tree) == by_fn
+  row = next(r for r in by_fn.splitlines() if r.startswith("stack/kernel"))
+  assert row.split()[5:8] == ["4", "x", "6"] and "0:3" in row
+  with pytest.raises(ValueError, match=r"batch_axes 5 does not fit the leaf "
+                     r"at 'stack/kernel'"):
+    om.scale_by_muon(batch_axes={"stack": {"kernel": 5, "bias": None},
+                                 "proj": {"kernel": None}}).init(params)
+
+
+def test_partials_are_functions_and_callable_trees_are_trees():
+  params = {"w": np.zeros((4, 6), np.float32), "b": np.zeros(6, np.float32)}
+  fn = jax.tree_util.Partial(om.muon_labels, vocab_size=None)
+  assert om.muon(param_labels=fn).init(params) is not None
+
+  @jax.tree_util.register_pytree_node_class
+  class CallableTree(dict):  # a pytree node with a __call__, like eqx.Module
+    def __call__(self, x):
+      return x
+
+    def tree_flatten(self):
+      return tuple(self.values()), tuple(self.keys())
+
+    @classmethod
+    def tree_unflatten(cls, keys, values):
+      return cls(zip(keys, values))
+
+  params = CallableTree(params)
+  labels = CallableTree(w="adamw", b="adamw")
+  tx = om.muon(param_labels=labels)
+  grads = jax.tree.map(np.ones_like, params)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  # All AdamW: the first Adam step is -lr * sign(g) (bias-corrected moments).
+  np.testing.assert_allclose(updates["w"], -3e-4 * np.ones((4, 6)), rtol=1e-4)
