@@ -400,3 +400,24 @@ def test_custom_pytree_nodes_as_params_labels_and_axes():
   grads = Layer(jnp.ones((4, 6)), jnp.ones((6,)))
   updates, _ = jax.jit(tx.update)(grads, tx.init(params), params)
   assert type(updates) is Layer and updates.kernel.shape == (4, 6)
+
+
+def test_ambiguous_vocabulary_advice_names_the_head():
+  # An unnamed head among hidden layers as wide as the vocabulary: the
+  # warning names all three; its advice, followed, routes the head alone.
+  z = lambda *s: np.zeros(s, np.float32)
+  params = {"tok_emb": {"embedding": z(40, 16)},
+            "blocks": [{"up": {"kernel": z(16, 40)}} for _ in range(2)],
+            "to_vocab": {"kernel": z(16, 40)}}
+  with pytest.warns(UserWarning, match=r"to_vocab/kernel") as record:
+    labels = om.muon_labels(params)
+  assert "blocks/*/up/kernel (x2)" in str(record[0].message)
+  assert jax.tree.leaves(labels) == ["muon"] * 3 + ["adamw"]
+  advice = re.search(r"param_labels=(lambda p: om\.muon_labels\(.*?"
+                     r"vocab_size=None\))", str(record[0].message)).group(1)
+  fixed = eval(advice.replace("<its name>", "to_vocab"), {"om": om})
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    labels = fixed(params)
+  assert labels["to_vocab"]["kernel"] == "adamw"
+  assert labels["blocks"][1]["up"]["kernel"] == "muon"
