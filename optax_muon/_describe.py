@@ -94,10 +94,7 @@ def describe(params: optax.Params, *,
         f"{_matrix.SHAPE_SCALES}.")
   axes_fn = _matrix.resolve_matrix_axes(matrix_axes)
   if param_labels is None:
-    labels, match = _labels._label_tree(
-        params, adamw_names=_labels.EMBEDDING_NAMES + _labels.HEAD_NAMES,
-        muon_names=(), min_ndim=2, batch_axes=batch_axes,
-        matrix_axes=axes_fn, vocab_size="auto")
+    labels, match = _labels.default_labels(params, batch_axes, axes_fn)
   else:
     labels = _labels.call_or_tree(param_labels, params)
   labels = _labels.check_labels(params, labels, batch_axes, axes_fn)

@@ -400,13 +400,15 @@ def muon_labels(
   return labels
 
 
-def vocab_match(params, batch_axes: _matrix.BatchAxes = None,
-                matrix_axes: _matrix.MatrixAxesArg = None) -> VocabMatch:
-  """What rule 6 of :func:`muon_labels` (defaults) sees in ``params``."""
+def default_labels(params, batch_axes: _matrix.BatchAxes = None,
+                   matrix_axes: _matrix.MatrixAxesArg = None
+                   ) -> tuple[Any, VocabMatch]:
+  """The aliases' default labels (:func:`muon_labels` with its defaults)
+  and what its vocabulary rule saw, without warning."""
   return _label_tree(
       params, adamw_names=EMBEDDING_NAMES + HEAD_NAMES, muon_names=(),
       min_ndim=2, batch_axes=batch_axes, matrix_axes=matrix_axes,
-      vocab_size="auto")[1]
+      vocab_size="auto")
 
 
 class StackedHint(NamedTuple):
@@ -493,13 +495,6 @@ def stacked_layers(params) -> StackedHint | None:
   return StackedHint(where, shape, stack_names, axis)
 
 
-def stacked_norm_scale(params) -> tuple[str, tuple[int, ...]] | None:
-  """``(path, shape)`` of the first norm scale with 2 or more dims, the sign
-  of stacked (scanned) layers, or ``None`` (:func:`stacked_layers`)."""
-  hint = stacked_layers(params)
-  return None if hint is None else (hint.path, hint.shape)
-
-
 def _warn_if_stacked(params) -> None:
   """Warns when a norm scale has 2+ dims and no ``batch_axes`` is given: the
   sign of stacked (scanned) layers whose matrices would be flattened."""
@@ -544,10 +539,7 @@ def resolve_labels(param_labels: ParamLabels,
     if param_labels is None:
       if batch_axes is None and matrix_axes is None:
         _warn_if_stacked(params)
-      labels, match = _label_tree(
-          params, adamw_names=EMBEDDING_NAMES + HEAD_NAMES, muon_names=(),
-          min_ndim=2, batch_axes=batch_axes, matrix_axes=matrix_axes,
-          vocab_size="auto")
+      labels, match = default_labels(params, batch_axes, matrix_axes)
       _warn_ambiguous(match, stacklevel=4)
     else:
       labels = call_or_tree(param_labels, params)
