@@ -87,8 +87,10 @@ def is_norm_name(name: Any) -> bool:
   return "norm" in low or re.match(r"ln(_|\d|$)", low) is not None
 
 
-def _owner_classes(params) -> dict[str, str]:
-  """``path_str -> class name`` of the module that owns each leaf.
+def _owner_classes(params, nodes: dict[str, str] | None = None
+                   ) -> dict[str, str]:
+  """``path_str -> class name`` of the module that owns each leaf (and, in
+  ``nodes`` if given, ``path_str -> class name`` of every module node).
 
   The nearest enclosing pytree node that is neither a builtin container nor
   a Haliax ``NamedArray`` (whose class is the array's wrapper, not the
@@ -113,6 +115,8 @@ def _owner_classes(params) -> dict[str, str]:
     if not isinstance(node, skip) and name != "NamedArray" and not (
         cls.__module__.startswith("flax")):
       owner = name
+      if nodes is not None:
+        nodes[_matrix.path_str(prefix)] = name
     for path, child in children:
       walk(child, prefix + tuple(path), owner)
 
@@ -192,7 +196,8 @@ def _is_non_matrix(names, owner_class) -> bool:
   return leaf == "weight" and is_norm_name(owner)
 
 
-def _mlp_output_layers(paths: list[list[Any]]) -> set[str]:
+def _mlp_output_layers(paths: list[list[Any]],
+                       nodes: dict[str, str]) -> set[str]:
   """Equinox ``eqx.nn.MLP``'s output layer: its head.
 
   equinox 0.13.8, ``equinox/nn/_mlp.py``: ``MLP.layers`` is a tuple of
@@ -200,12 +205,18 @@ def _mlp_output_layers(paths: list[list[Any]]) -> set[str]:
   the output layer. Taken as the model's head when the MLP is the model or
   a field of it (at most one name, no index, before ``layers``): an MLP
   deeper in the tree is a block's feed-forward, whose last layer is hidden.
+  Where the tree has module classes (``nodes``: path -> class name), the
+  node holding ``layers`` must be an ``MLP`` (a model's own ``layers`` list
+  followed by a separate head is not one).
   """
   last: dict[tuple, int] = {}
   for names in paths:
     if (len(names) >= 3 and names[-1] == "weight" and names[-3] == "layers"
         and _matrix.is_index(names[-2]) and len(names) <= 4
         and not any(_matrix.is_index(n) for n in names[:-3])):
+      owner = "/".join(str(n) for n in names[:-3]) or "<root>"
+      if nodes.get(owner, "MLP") != "MLP":
+        continue
       key = tuple(names[:-2])
       last[key] = max(last.get(key, -1), int(names[-2]))
   return {"/".join(str(n) for n in key + (i, "weight"))
@@ -226,9 +237,10 @@ def _label_tree(params, *, adamw_names, muon_names, min_ndim, batch_axes,
         f"vocab_size is {vocab_size!r}: give a positive int, 'auto' or None.")
   matrix_axes = _matrix.resolve_matrix_axes(matrix_axes)
   min_ndim = max(min_ndim, 2)
-  classes = _owner_classes(params)
+  nodes: dict[str, str] = {}
+  classes = _owner_classes(params, nodes)
   leaves = jax.tree_util.tree_flatten_with_path(params)[0]
-  mlp_heads = _mlp_output_layers([_names(p) for p, _ in leaves])
+  mlp_heads = _mlp_output_layers([_names(p) for p, _ in leaves], nodes)
   embedding = frozenset(EMBEDDING_NAMES)
 
   # Rules 1-5 by names and ranks; None where only rule 6 may still decide.

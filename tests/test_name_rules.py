@@ -421,3 +421,24 @@ def test_ambiguous_vocabulary_advice_names_the_head():
     labels = fixed(params)
   assert labels["to_vocab"]["kernel"] == "adamw"
   assert labels["blocks"][1]["up"]["kernel"] == "muon"
+
+
+def test_only_an_mlp_s_last_layer_is_its_head():
+  eqx = pytest.importorskip("equinox")
+  key = jax.random.key(0)
+
+  class Net(eqx.Module):  # its own list of layers, then a separate output
+    layers: list
+    out: eqx.nn.Linear
+
+  net = Net([eqx.nn.Linear(3, 8, key=key), eqx.nn.Linear(8, 8, key=key)],
+            eqx.nn.Linear(8, 2, key=key))
+  labels = om.muon_labels(eqx.filter(net, eqx.is_array))
+  assert [layer.weight for layer in labels.layers] == ["muon", "muon"]
+  mlp = eqx.nn.MLP(3, 2, 8, 2, key=key)
+  labels = om.muon_labels({"mlp": eqx.filter(mlp, eqx.is_array)})
+  assert [layer.weight for layer in labels["mlp"].layers] == [
+      "muon", "muon", "adamw"]
+  # In a block the MLP is a feed-forward, its last layer hidden.
+  labels = om.muon_labels({"blocks": [{"ffn": eqx.filter(mlp, eqx.is_array)}]})
+  assert labels["blocks"][0]["ffn"].layers[-1].weight == "muon"
