@@ -9,7 +9,7 @@ from typing import Any
 import jax
 import optax
 
-from optax_muon import _aliases, _labels, _matrix
+from optax_muon import _aliases, _labels, _layout, _matrix
 
 _ALIASES = (_aliases.muon, _aliases.adamuon, _aliases.mommuon,
             _aliases.normuon, _aliases.ogsignmuon)
@@ -31,6 +31,7 @@ def describe(params: optax.Params, *,
              matrix_axes: _matrix.MatrixAxesArg = None,
              shape_scale: str = "spectral",
              group_layers: bool = False,
+             layout: _layout.Layout | None = None,
              **alias_kwargs: Any) -> str:
   """A table of how an optimizer sees every leaf of ``params``.
 
@@ -72,6 +73,11 @@ def describe(params: optax.Params, *,
     group_layers: merge the rows of leaves whose paths differ only in
       integer entries (``blocks/0/...``, ``blocks/1/...``) into one row
       ``blocks/*/...`` with the count, when all else in the rows is equal.
+    layout: as for the alias (an :class:`optax_muon.Layout` from
+      :func:`optax_muon.infer_layout`): the table then has an ``evidence``
+      column -- the primitive and source line that decided each leaf, or
+      ``names`` for a name-based default, whose reason is listed below the
+      table.
     **alias_kwargs: any other argument of an alias (ignored).
 
   Returns:
@@ -90,6 +96,10 @@ def describe(params: optax.Params, *,
     raise ValueError(
         f"Unknown shape_scale {shape_scale!r}: use one of "
         f"{_matrix.SHAPE_SCALES}.")
+  _layout.check_exclusive(layout, "describe", param_labels=param_labels,
+                          batch_axes=batch_axes, matrix_axes=matrix_axes)
+  if layout is not None:
+    param_labels, matrix_axes = layout.labels, layout.spec
   axes_fn = _matrix.resolve_matrix_axes(matrix_axes)
   if param_labels is None:
     labels = _labels.muon_labels(params, batch_axes=batch_axes,
@@ -101,6 +111,8 @@ def describe(params: optax.Params, *,
   label_leaves = treedef.flatten_up_to(labels)
 
   header = ("path", "shape", "label", "matrix", "in | out", "batch", "scale")
+  if layout is not None:
+    header += ("evidence",)
   rows = []
   groups, n_matrices, n_muon, adamw_entries, total = set(), 0, 0, 0, 0
   for (path, leaf), lab in sorted(
@@ -108,6 +120,7 @@ def describe(params: optax.Params, *,
     shape = tuple(getattr(leaf, "shape", ()))
     size = math.prod(shape)
     total += size
+    extra = () if layout is None else (layout[path].evidence,)
     if lab == _labels.MUON:
       v = _matrix.matrix_view(path, leaf, batch_axes, matrix_axes=axes_fn)
       groups.add(v.canonical_shape)
@@ -118,11 +131,11 @@ def describe(params: optax.Params, *,
       rows.append((_matrix.path_str(path), str(shape), lab,
                    f"{v.fan_in} x {v.fan_out}",
                    f"{_axes_str(v.fan_in_axes)} | {_axes_str(v.fan_out_axes)}",
-                   batch, f"{v.shape_scale(shape_scale):.3f}"))
+                   batch, f"{v.shape_scale(shape_scale):.3f}") + extra)
     else:
       adamw_entries += size
       rows.append((_matrix.path_str(path), str(shape), str(lab),
-                   "-", "-", "-", "-"))
+                   "-", "-", "-", "-") + extra)
   if group_layers:
     rows = _group_layers(rows)
   widths = [max(len(r[i]) for r in rows + [header])
@@ -134,13 +147,17 @@ def describe(params: optax.Params, *,
       f"{n_muon} lea{'f' if n_muon == 1 else 'ves'} ({len(groups)} shape group"
       f"{'' if len(groups) == 1 else 's'}); {adamw_entries} of {total} "
       "entries in AdamW.")
-  if param_labels is None:
+  if layout is not None:
+    for path, reason in sorted(layout.fallbacks.items()):
+      lines.append(f"names: {path}: {reason}.")
+  elif param_labels is None:
     vocab = _labels.token_vocab_size(params, batch_axes)
     if vocab is not None:
       lines.append(
           f"vocabulary {vocab} (token embedding's rows): matrices with "
           f"fan-out {vocab} are heads.")
-  found = _labels.stacked_norm_scale(params) if batch_axes is None else None
+  found = (_labels.stacked_norm_scale(params)
+           if batch_axes is None and layout is None else None)
   if found is not None:
     path, shape = found
     lines.append(
