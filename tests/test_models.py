@@ -13,11 +13,6 @@ from tests import _models
 NAMES = sorted(_models.CASES)
 
 
-@pytest.fixture(scope="module", params=NAMES)
-def case(request):
-  return _models.CASES[request.param]()
-
-
 def _leaves(params):
   return {_matrix.path_str(p): x
           for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
@@ -27,7 +22,7 @@ def test_every_case_names_its_library():
   assert set(_models.REQUIRES) == set(_models.CASES)
 
 
-def test_expected_covers_exactly_the_array_leaves(case):
+def _check_coverage(case):
   leaves = _leaves(case.params)
   assert len(leaves) == len(jax.tree.leaves(case.params)), "duplicate paths"
   assert set(leaves) == set(case.expected)
@@ -37,7 +32,7 @@ def test_expected_covers_exactly_the_array_leaves(case):
   assert set(case.names_default) <= set(case.expected)
 
 
-def test_expected_is_consistent_with_the_shapes(case):
+def _check_shapes(case):
   for key, x in _leaves(case.params).items():
     exp = case.expected[key]
     assert exp.label in ("muon", "adamw"), key
@@ -51,7 +46,7 @@ def test_expected_is_consistent_with_the_shapes(case):
     assert len(exp.batch_axes(x.ndim)) == x.ndim - len(axes)
 
 
-def test_forward_and_gradient_trace(case):
+def _check_traces(case):
   """Abstractly: no compilation. The gradient has the params' tree."""
   out = jax.eval_shape(case.forward, case.params, *case.args)
   assert all(np.issubdtype(o.dtype, np.floating) for o in jax.tree.leaves(out))
@@ -61,10 +56,23 @@ def test_forward_and_gradient_trace(case):
     assert (g.shape, g.dtype) == (p.shape, p.dtype)
 
 
-def test_loss_is_finite(case):
+def _check_loss(case):
   # XLA's cheapest optimisation level: the program runs once.
   compiled = jax.jit(case.loss).lower(case.params).compile(
       {"xla_backend_optimization_level": 0,
        "xla_llvm_disable_expensive_passes": True})
   loss = float(compiled(case.params))
   assert np.isfinite(loss) and loss > 0
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_case(name):
+  """One test per case (one build, on one xdist worker): ``expected``
+  covers exactly the array leaves and fits their shapes; forward and the
+  gradient trace; the loss is finite."""
+  case = _models.CASES[name]()
+  assert case.name == name
+  _check_coverage(case)
+  _check_shapes(case)
+  _check_traces(case)
+  _check_loss(case)
