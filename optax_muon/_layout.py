@@ -285,8 +285,12 @@ class _View(NamedTuple):
 class _Act(NamedTuple):
   """A value computed from inputs (or from params by a consuming op):
   ``heads`` are the leaves whose product with activations reaches it with no
-  further weight product."""
+  further weight product; ``parts`` (empty, or one entry per dimension) says
+  which dimensions are still one whole free axis ``(leaf, axis)`` of the
+  product that made it (else ``None``), so that taking such a dimension
+  apart (Gemma's ``k, v = kv_einsum(...)``) makes that axis a batch axis."""
   heads: frozenset[int]
+  parts: tuple[tuple[int, int] | None, ...] = ()
 
 
 _CONST = None  # a value that depends on nothing traced
@@ -363,6 +367,41 @@ def _union_heads(infos) -> Any:
     elif isinstance(x, _View):
       any_traced = True
   return _Act(heads) if any_traced else _CONST
+
+
+def _own_axis(view: _View, k: int) -> tuple[int, int] | None:
+  """``(leaf, axis)`` if dimension ``k`` of the view is one whole leaf axis
+  that no other dimension holds."""
+  axes = view.dims[k]
+  if len(axes) != 1 or sum(axes[0] in d for d in view.dims) != 1:
+    return None
+  return view.leaf, axes[0]
+
+
+def _with_parts(info, parts):
+  if isinstance(info, _Act) and parts and any(p is not None for p in parts):
+    return _Act(info.heads, tuple(parts))
+  return info
+
+
+def _elementwise_parts(eqn, ins):
+  """The parts of an elementwise op's output: those of its full-size
+  operands, where they agree."""
+  shape = tuple(eqn.outvars[0].aval.shape)
+  out: list[Any] = [None] * len(shape)
+  seen = [False] * len(shape)
+  for v, x in zip(eqn.invars, ins):
+    if not (isinstance(x, _Act) and x.parts):
+      continue
+    s = tuple(v.aval.shape)
+    for d, p in enumerate(x.parts):
+      if s[d] != shape[d]:
+        continue
+      if seen[d] and out[d] != p:
+        out[d] = None
+      elif not seen[d]:
+        out[d], seen[d] = p, True
+  return tuple(out)
 
 
 def _reshape_dims(in_shape, out_shape, dims):
@@ -472,8 +511,11 @@ class _Tracer:
     name = eqn.primitive.name
     n_out = len(eqn.outvars)
     views = [x for x in ins if isinstance(x, _View)]
-    if not views:
+    parts = any(isinstance(x, _Act) and x.parts for x in ins)
+    if not views and not parts:
       return [_union_heads(ins)] * n_out
+    if not views:
+      return self.parts_eqn(eqn, ins)
     where = _source(eqn)
     params = eqn.params
     if name == "dot_general":
@@ -539,13 +581,80 @@ class _Tracer:
       else:
         for v in views:
           self.use(v, _Use("elementwise", where))
-      return [_union_heads(ins)]
+      return [_with_parts(_union_heads(ins), _elementwise_parts(eqn, ins))]
     if name.startswith("reduce_") or name in _REDUCTIONS:
       for v in views:
         self.use(v, _Use("elementwise", where))
       return [_union_heads(ins)] * n_out
     self.opaque(ins, where, f"consumed by {name}, which is not followed")
     return [_union_heads(ins)] * n_out
+
+  def parts_eqn(self, eqn, ins):
+    """An equation on activations only, some of whose dimensions are whole
+    free axes of a weight: follows those dimensions, and records a weight
+    axis whose dimension is taken apart (indexed element by element)."""
+    name, params = eqn.primitive.name, eqn.params
+    n_out = len(eqn.outvars)
+    if name in ("scan", "while", "cond") or self.sub_jaxpr(eqn) is not None:
+      if name == "scan":
+        return self.scan(eqn, ins)
+      if name == "while":
+        return self.while_loop(eqn, ins)
+      if name == "cond":
+        return self.cond(eqn, ins)
+      return self.run(self.sub_jaxpr(eqn), ins)
+    x, heads = ins[0], _union_heads(ins)
+    if not isinstance(x, _Act) or not x.parts:
+      if self.elementwise(eqn):
+        return [_with_parts(heads, _elementwise_parts(eqn, ins))]
+      return [heads] * n_out
+    in_shape = tuple(eqn.invars[0].aval.shape)
+    if name in ("slice", "dynamic_slice", "split", "unstack"):
+      outs = [tuple(getattr(v.aval, "shape", ())) for v in eqn.outvars]
+      axes = ([params["axis"]] if name in ("split", "unstack")
+              else range(len(in_shape)))
+      for d in axes:
+        taken = x.parts[d] is not None and in_shape[d] > 1 and (
+            name == "unstack" or all(o[d] == 1 for o in outs))
+        if taken:
+          leaf, axis = x.parts[d]
+          self.uses[leaf].append(_Use("apart", _source(eqn), batch=(axis,)))
+      if name == "unstack":
+        d = params["axis"]
+        return [_with_parts(heads, x.parts[:d] + x.parts[d + 1:])] * n_out
+      return [_with_parts(heads, tuple(
+          p if o[d] == in_shape[d] else None for d, p in enumerate(x.parts)))
+              for o in outs]
+    if name in _SHAPE_IDENTITY:
+      return [_with_parts(heads, x.parts)] * n_out
+    if name == "transpose":
+      return [_with_parts(heads, tuple(x.parts[p]
+                                       for p in params["permutation"]))]
+    if name == "squeeze":
+      drop = {d % len(x.parts) for d in params["dimensions"]}
+      return [_with_parts(heads, tuple(p for d, p in enumerate(x.parts)
+                                       if d not in drop))]
+    if name == "broadcast_in_dim" and len(ins) == 1:
+      out = [None] * len(params["shape"])
+      for k, d in enumerate(params["broadcast_dimensions"]):
+        if in_shape[k] == params["shape"][d]:
+          out[d] = x.parts[k]
+      return [_with_parts(heads, tuple(out))]
+    if name == "reshape" and len(ins) == 1:
+      new = tuple(params["new_sizes"])
+      dims = _reshape_dims(in_shape, new,
+                           tuple((k,) for k in range(len(in_shape))))
+      if dims is None:
+        return [heads]
+      out = []
+      for j, ks in enumerate(dims):
+        whole = len(ks) == 1 and in_shape[ks[0]] == new[j] and sum(
+            ks == other for other in dims) == 1
+        out.append(x.parts[ks[0]] if whole else None)
+      return [_with_parts(heads, tuple(out))]
+    if self.elementwise(eqn):
+      return [_with_parts(heads, _elementwise_parts(eqn, ins))]
+    return [heads] * n_out
 
   @staticmethod
   def elementwise(eqn) -> bool:
@@ -599,11 +708,20 @@ class _Tracer:
     if isinstance(lhs, _View) and isinstance(rhs, _View):
       self.opaque(ins, where, "multiplied by another param")
       return _Act(frozenset())
+    n_lhs = len(eqn.invars[0].aval.shape)
+    n_rhs = len(eqn.invars[1].aval.shape)
+    lhs_free = [k for k in range(n_lhs) if k not in tuple(lc) + tuple(lb)]
+    rhs_free = [k for k in range(n_rhs) if k not in tuple(rc) + tuple(rb)]
+    # dot_general's output: batch dims, then lhs free, then rhs free.
     if isinstance(lhs, _View):
       self.matmul_use(lhs, tuple(lc), tuple(lb), where)
-      return _Act(frozenset((lhs.leaf,)))
+      own = [_own_axis(lhs, k) for k in lhs_free]
+      parts = (None,) * len(lb) + tuple(own) + (None,) * len(rhs_free)
+      return _Act(frozenset((lhs.leaf,)), parts)
     self.matmul_use(rhs, tuple(rc), tuple(rb), where)
-    return _Act(frozenset((rhs.leaf,)))
+    own = [_own_axis(rhs, k) for k in rhs_free]
+    parts = (None,) * (len(lb) + len(lhs_free)) + tuple(own)
+    return _Act(frozenset((rhs.leaf,)), parts)
 
   def conv(self, eqn, ins, where):
     lhs, rhs = ins[0], ins[1]
@@ -654,6 +772,10 @@ def _decide(shape, uses: list[_Use], is_head: bool):
     return LeafLayout(shape, _labels.ADAMW, evidence="scalar"), None
   if not uses:
     return None, "not used by the function"
+  apart = {a for u in uses if u.kind == "apart" for a in u.batch}
+  uses = [u for u in uses if u.kind != "apart"]
+  if not uses:
+    return None, "not used by the function"
   opaque = [u for u in uses if u.kind == "opaque"]
   if opaque:
     return None, f"{opaque[0].note} ({opaque[0].where})"
@@ -684,6 +806,10 @@ def _decide(shape, uses: list[_Use], is_head: bool):
         f"used both in a product ({first.where}) and elementwise "
         f"({others[0].where})")
   fi, fo, _ = signatures.pop()
+  if apart & set(fo) and set(fo) - apart:
+    # A free axis of its own that the code takes apart right after the
+    # product (k and v of Gemma's kv_einsum): separate matrices.
+    fo = tuple(a for a in fo if a not in apart)
   if not fi or not fo:
     return LeafLayout(shape, _labels.ADAMW, evidence=(
         f"{first.where} (a vector: no {'fan-in' if not fi else 'fan-out'} "

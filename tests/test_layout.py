@@ -118,6 +118,23 @@ def test_dot_general_batch_axes_are_batch():
          {"w": _muon([1], [2], [0])}, X)
 
 
+def test_an_own_free_axis_taken_apart_after_the_product_is_batch():
+  # Gemma's kv_einsum 'BSD,CKDH->CBSKH', then `k, v = ...`: C indexes two
+  # matrices. A fused axis split into chunks (GPT-2's c_attn (3d) by
+  # jnp.split) is one fan-out: no axis of the weight separates the parts.
+  def fn(p, x):
+    k, v = jnp.einsum("bd,cdh->cbh", x, p["kv"])
+    q, r, s = jnp.split(x @ p["fused"], 3, axis=-1)
+    gate = jnp.einsum("bd,nfd->nbf", x, p["gating"])
+    h = jax.nn.gelu(gate[0]) * gate[1]
+    return (jnp.tanh(k + v) + q + r + s) @ p["h"] + h @ p["h2"]
+  params = {"kv": _z(2, D, D), "fused": _z(D, 3 * D), "gating": _z(2, F, D),
+            "h": HEAD, "h2": _z(F, 2)}
+  _check(fn, params, {"kv": _muon([1], [2], [0]),
+                      "fused": _muon([0], [1]),
+                      "gating": _muon([2], [1], [0])}, X)
+
+
 def test_vmap_over_a_weight_stack():
   # vmap over (inputs, weights): the stacked axis becomes a batch dim.
   def fn(p, x):
