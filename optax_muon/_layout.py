@@ -18,7 +18,10 @@ primitives that consume it:
   a Muon matrix -- contracted axes are the fan-in (for a convolution its
   input-feature and spatial axes), free axes the fan-out, ``dot_general``
   batch axes and the axes a ``scan`` runs over (or that are indexed away)
-  batch axes;
+  batch axes; so is a free axis of its own that the code takes apart element
+  by element right after the product (``k, v = jnp.einsum("bsd,cdh->cbsh",
+  x, w)``: ``c`` indexes two matrices), while a fused axis split into chunks
+  (GPT-2's ``c_attn``) stays one fan-out;
 * a matrix whose product reaches the function's output with no further
   weight product (the head), or a table that is also gathered (a tied
   embedding and head): AdamW;
@@ -540,12 +543,12 @@ class _Tracer:
       return self.run(sub, ins)
     x = ins[0]
     if name in _SHAPE_IDENTITY and isinstance(x, _View):
-      if len(views) > 1 or any(isinstance(y, _Act) for y in ins[1:]):
-        if name in ("dynamic_slice", "dynamic_update_slice"):
-          pass  # traced start indices: the axes are still followed
-        else:
-          self.opaque(ins, where, f"combined with other values by {name}")
-          return [_union_heads(ins)] * n_out
+      # dynamic_slice's other operands are its start indices, traced or
+      # not: the axes are still followed. pad's is the padding value.
+      if len(views) > 1 or name != "dynamic_slice" and any(
+          isinstance(y, _Act) for y in ins[1:]):
+        self.opaque(ins, where, f"combined with other values by {name}")
+        return [_union_heads(ins)] * n_out
       return [x] * n_out
     if name == "dynamic_update_slice":
       if isinstance(x, _View) and not isinstance(ins[1], _View):
@@ -850,7 +853,9 @@ def infer_layout(fn: Callable[..., Any], params: Any, *args: Any,
 
   * ``"muon"``: multiplied with activations, every product agreeing on the
     axes, none of its products reaching the output without a further
-    weight product;
+    weight product (a free axis of the weight that the code indexes apart
+    right after the product, like Gemma's ``kv_einsum`` ``C``, is a batch
+    axis);
   * ``"adamw"``: the head (its product reaches the output), a table that is
     gathered (also when it is multiplied too: a tied embedding), a leaf used
     only elementwise or reduced (norm scales, biases), a scalar, a vector
