@@ -372,6 +372,17 @@ def _union_heads(infos) -> Any:
   return _Act(heads) if any_traced else _CONST
 
 
+def _scan_counts(params) -> tuple[int, int]:
+  """``(consts, carries)`` of a ``scan`` equation: ``num_consts`` /
+  ``num_carry`` up to JAX 0.11, the lengths of the first two groups of
+  ``ft_in`` (consts, carry, xs) in JAX 0.12."""
+  if "num_consts" in params:
+    return params["num_consts"], params["num_carry"]
+  groups = params["ft_in"]
+  groups = groups.unpack() if hasattr(groups, "unpack") else groups
+  return len(groups[0]), len(groups[1])
+
+
 def _own_axis(view: _View, k: int) -> tuple[int, int] | None:
   """``(leaf, axis)`` if dimension ``k`` of the view is one whole leaf axis
   that no other dimension holds."""
@@ -737,7 +748,7 @@ class _Tracer:
 
   def scan(self, eqn, ins):
     p = eqn.params
-    nc, nk = p["num_consts"], p["num_carry"]
+    nc, nk = _scan_counts(p)
     consts, carry, xs = ins[:nc], ins[nc:nc + nk], ins[nc + nk:]
     # The scanned-over axis is gone inside the body: its leaf axes are then
     # in no dimension, which makes them batch axes of any product.
