@@ -348,7 +348,6 @@ _SHAPE_IDENTITY = frozenset((
 _REDUCTIONS = frozenset((
     "argmax", "argmin", "cumsum", "cumprod", "cummax", "cummin",
     "cumlogsumexp", "sort", "top_k"))
-_LOOPS = ("scan", "while", "cond")
 
 
 def _merge(a, b):
