@@ -18,6 +18,7 @@ from optax_muon._labels import (
     muon_labels,
     token_vocab_size,
 )
+from optax_muon._layout import Layout, LeafLayout, infer_layout
 from optax_muon._matrix import (
     ATTENTION_INPUT_NAMES,
     MatrixAxes,
@@ -56,6 +57,8 @@ __all__ = (
     "EMBEDDING_NAMES",
     "HEAD_NAMES",
     "HEAD_OWNER_NAMES",
+    "Layout",
+    "LeafLayout",
     "NON_MATRIX_NAMES",
     "MatrixAxes",
     "MatrixView",
@@ -70,6 +73,7 @@ __all__ = (
     "add_cautious_decayed_weights",
     "describe",
     "in_float32",
+    "infer_layout",
     "inverse_sqrt",
     "matrix_view",
     "mommuon",

@@ -18,6 +18,7 @@ Use with ``optax.inject_hyperparams`` by naming the static arguments:
 
 from __future__ import annotations
 
+import functools
 import inspect
 
 import jax
@@ -28,6 +29,7 @@ from jax.typing import DTypeLike
 from optax_muon import (
   _checks,
   _labels,
+  _layout,
   _matrix,
   _mesh,
   _tuning,
@@ -96,17 +98,41 @@ def in_float32(inner: optax.GradientTransformation
   return optax.GradientTransformation(init_fn, update_fn)
 
 
-def _alias(scale: optax.GradientTransformation, *, learning_rate,
-           weight_decay, cautious_weight_decay, adamw_learning_rate, adamw_b1,
-           adamw_b2, adamw_eps, adamw_weight_decay, param_labels, mu_dtype,
-           batch_axes, matrix_axes=None):
-  """The ``multi_transform`` every alias returns, arguments checked."""
+def _alias(scale, *, learning_rate, weight_decay, cautious_weight_decay,
+           adamw_learning_rate, adamw_b1, adamw_b2, adamw_eps,
+           adamw_weight_decay, param_labels, mu_dtype, batch_axes,
+           matrix_axes=None, layout=None):
+  """The ``multi_transform`` every alias returns, arguments checked.
+
+  ``scale`` is the variant's ``scale_by_*`` with every argument but the
+  routing ones bound (``functools.partial``); this helper gives it
+  ``batch_axes``, ``matrix_axes`` and ``layout``, so that an alias needs
+  only to pass its own ``param_labels``, ``batch_axes``, ``matrix_axes`` and
+  ``layout`` here. (An already built transformation is accepted too, without
+  ``layout``.)
+  """
+  func = getattr(scale, "func", scale)
+  who = "om." + getattr(func, "__name__", "alias").removeprefix("scale_by_")
+  _layout.check_exclusive(layout, who, param_labels=param_labels,
+                          batch_axes=batch_axes, matrix_axes=matrix_axes)
   _checks.in_range(weight_decay, "weight_decay", 0.0)
   _checks.boolean(cautious_weight_decay, "cautious_weight_decay")
   _checks.in_range(adamw_b1, "adamw_b1", 0.0, 1.0, high_open=True)
   _checks.in_range(adamw_b2, "adamw_b2", 0.0, 1.0, high_open=True)
   _checks.in_range(adamw_eps, "adamw_eps", 0.0)
   _checks.in_range(adamw_weight_decay, "adamw_weight_decay", 0.0)
+  if isinstance(scale, optax.GradientTransformation):
+    if layout is not None:
+      raise ValueError(
+          f"{who}: layout= needs the scale_by_* function, not a built "
+          "transformation: pass functools.partial(scale_by_..., ...) to "
+          "_alias.")
+  elif layout is not None:
+    scale = scale(layout=layout)
+  else:
+    scale = scale(batch_axes=batch_axes, matrix_axes=matrix_axes)
+  if layout is not None:
+    param_labels, matrix_axes = layout.labels, layout.spec
   muon_chain = optax.chain(
       scale,
       _weight_decay.decayed_weights(weight_decay, cautious_weight_decay),
@@ -140,6 +166,7 @@ def muon(
     mu_dtype: DTypeLike | None = None,
     batch_axes: _matrix.BatchAxes = None,
     matrix_axes: _matrix.MatrixAxesArg = None,
+    layout: _layout.Layout | None = None,
     ns_mesh_axis: _mesh.MeshAxis = None,
     mesh: jax.sharding.Mesh | None = None,
     tuning: _tuning.Tuning | None = None,
@@ -208,6 +235,11 @@ def muon(
       ``optax.contrib.MuonDimensionNumbers`` (see
       :func:`optax_muon.matrix_view`; ``optax_muon.per_head`` orthogonalises
       attention per head).
+    layout: an :class:`optax_muon.Layout` from
+      :func:`optax_muon.infer_layout` (every leaf's label and matrix axes,
+      read from the model's computation), in place of ``param_labels``,
+      ``batch_axes`` and ``matrix_axes``: giving any of them with it is a
+      ``ValueError``.
     ns_mesh_axis: a mesh axis name (or tuple of names) to split the stacked
       matrices over, so that each device orthogonalises only its share; see
       :func:`scale_by_muon`.
@@ -233,19 +265,20 @@ def muon(
     {'bias': 'adamw', 'kernel': 'muon'}
   """
   return _alias(
-      _variants.scale_by_muon(
+      functools.partial(
+          _variants.scale_by_muon,
           momentum, nesterov=nesterov,
           ns_steps=ns_steps, ns_coeffs=ns_coeffs, ns_dtype=ns_dtype,
           shape_scale=shape_scale,
-          mu_dtype=mu_dtype, batch_axes=batch_axes, matrix_axes=matrix_axes,
-          ns_mesh_axis=ns_mesh_axis,
+          mu_dtype=mu_dtype, ns_mesh_axis=ns_mesh_axis,
           mesh=mesh, tuning=tuning),
       learning_rate=learning_rate, weight_decay=weight_decay,
       cautious_weight_decay=cautious_weight_decay,
       adamw_learning_rate=adamw_learning_rate, adamw_b1=adamw_b1,
       adamw_b2=adamw_b2, adamw_eps=adamw_eps,
       adamw_weight_decay=adamw_weight_decay, param_labels=param_labels,
-      mu_dtype=mu_dtype, batch_axes=batch_axes, matrix_axes=matrix_axes)
+      mu_dtype=mu_dtype, batch_axes=batch_axes, matrix_axes=matrix_axes,
+      layout=layout)
 
 
 def adamuon(
@@ -271,6 +304,7 @@ def adamuon(
     mu_dtype: DTypeLike | None = None,
     batch_axes: _matrix.BatchAxes = None,
     matrix_axes: _matrix.MatrixAxesArg = None,
+    layout: _layout.Layout | None = None,
     ns_mesh_axis: _mesh.MeshAxis = None,
     mesh: jax.sharding.Mesh | None = None,
     tuning: _tuning.Tuning | None = None,
@@ -338,6 +372,11 @@ def adamuon(
       ``optax.contrib.MuonDimensionNumbers`` (see
       :func:`optax_muon.matrix_view`; ``optax_muon.per_head`` orthogonalises
       attention per head).
+    layout: an :class:`optax_muon.Layout` from
+      :func:`optax_muon.infer_layout` (every leaf's label and matrix axes,
+      read from the model's computation), in place of ``param_labels``,
+      ``batch_axes`` and ``matrix_axes``: giving any of them with it is a
+      ``ValueError``.
     ns_mesh_axis: a mesh axis name (or tuple of names) to split the stacked
       matrices over, so that each device orthogonalises only its share; see
       :func:`scale_by_muon`.
@@ -363,20 +402,21 @@ def adamuon(
     {'bias': 'adamw', 'kernel': 'muon'}
   """
   return _alias(
-      _variants.scale_by_adamuon(
+      functools.partial(
+          _variants.scale_by_adamuon,
           momentum, beta2=beta2, eps=eps, bias_correction=bias_correction,
           nesterov=nesterov,
           ns_steps=ns_steps, ns_coeffs=ns_coeffs, ns_dtype=ns_dtype,
           shape_scale=shape_scale,
-          mu_dtype=mu_dtype, batch_axes=batch_axes, matrix_axes=matrix_axes,
-          ns_mesh_axis=ns_mesh_axis,
+          mu_dtype=mu_dtype, ns_mesh_axis=ns_mesh_axis,
           mesh=mesh, tuning=tuning),
       learning_rate=learning_rate, weight_decay=weight_decay,
       cautious_weight_decay=cautious_weight_decay,
       adamw_learning_rate=adamw_learning_rate, adamw_b1=adamw_b1,
       adamw_b2=adamw_b2, adamw_eps=adamw_eps,
       adamw_weight_decay=adamw_weight_decay, param_labels=param_labels,
-      mu_dtype=mu_dtype, batch_axes=batch_axes, matrix_axes=matrix_axes)
+      mu_dtype=mu_dtype, batch_axes=batch_axes, matrix_axes=matrix_axes,
+      layout=layout)
 
 
 def mommuon(
@@ -402,6 +442,7 @@ def mommuon(
     mu_dtype: DTypeLike | None = None,
     batch_axes: _matrix.BatchAxes = None,
     matrix_axes: _matrix.MatrixAxesArg = None,
+    layout: _layout.Layout | None = None,
     ns_mesh_axis: _mesh.MeshAxis = None,
     mesh: jax.sharding.Mesh | None = None,
     tuning: _tuning.Tuning | None = None,
@@ -478,6 +519,11 @@ def mommuon(
       ``optax.contrib.MuonDimensionNumbers`` (see
       :func:`optax_muon.matrix_view`; ``optax_muon.per_head`` orthogonalises
       attention per head).
+    layout: an :class:`optax_muon.Layout` from
+      :func:`optax_muon.infer_layout` (every leaf's label and matrix axes,
+      read from the model's computation), in place of ``param_labels``,
+      ``batch_axes`` and ``matrix_axes``: giving any of them with it is a
+      ``ValueError``.
     ns_mesh_axis: a mesh axis name (or tuple of names) to split the stacked
       matrices over, so that each device orthogonalises only its share; see
       :func:`scale_by_muon`.
@@ -503,20 +549,21 @@ def mommuon(
     {'bias': 'adamw', 'kernel': 'muon'}
   """
   return _alias(
-      _variants.scale_by_mommuon(
+      functools.partial(
+          _variants.scale_by_mommuon,
           momentum, ns_steps=ns_steps, ns_every=ns_every, ns_beta=ns_beta,
           ns_average=ns_average, ns_damping=ns_damping,
           ns_rescale=ns_rescale, nesterov=nesterov,
           shape_scale=shape_scale,
-          mu_dtype=mu_dtype, batch_axes=batch_axes, matrix_axes=matrix_axes,
-          ns_mesh_axis=ns_mesh_axis,
+          mu_dtype=mu_dtype, ns_mesh_axis=ns_mesh_axis,
           mesh=mesh, tuning=tuning),
       learning_rate=learning_rate, weight_decay=weight_decay,
       cautious_weight_decay=cautious_weight_decay,
       adamw_learning_rate=adamw_learning_rate, adamw_b1=adamw_b1,
       adamw_b2=adamw_b2, adamw_eps=adamw_eps,
       adamw_weight_decay=adamw_weight_decay, param_labels=param_labels,
-      mu_dtype=mu_dtype, batch_axes=batch_axes, matrix_axes=matrix_axes)
+      mu_dtype=mu_dtype, batch_axes=batch_axes, matrix_axes=matrix_axes,
+      layout=layout)
 
 
 def ogsignmuon(
@@ -539,6 +586,7 @@ def ogsignmuon(
     mu_dtype: DTypeLike | None = None,
     batch_axes: _matrix.BatchAxes = None,
     matrix_axes: _matrix.MatrixAxesArg = None,
+    layout: _layout.Layout | None = None,
     ns_mesh_axis: _mesh.MeshAxis = None,
     mesh: jax.sharding.Mesh | None = None,
     tuning: _tuning.Tuning | None = None,
@@ -599,6 +647,11 @@ def ogsignmuon(
       ``optax.contrib.MuonDimensionNumbers`` (see
       :func:`optax_muon.matrix_view`; ``optax_muon.per_head`` orthogonalises
       attention per head).
+    layout: an :class:`optax_muon.Layout` from
+      :func:`optax_muon.infer_layout` (every leaf's label and matrix axes,
+      read from the model's computation), in place of ``param_labels``,
+      ``batch_axes`` and ``matrix_axes``: giving any of them with it is a
+      ``ValueError``.
     ns_mesh_axis: a mesh axis name (or tuple of names) to split the stacked
       matrices over, so that each device orthogonalises only its share; see
       :func:`scale_by_muon`.
@@ -624,19 +677,20 @@ def ogsignmuon(
     {'bias': 'adamw', 'kernel': 'muon'}
   """
   return _alias(
-      _variants.scale_by_ogsignmuon(
+      functools.partial(
+          _variants.scale_by_ogsignmuon,
           momentum, nesterov=nesterov,
           ns_steps=ns_steps, ns_coeffs=ns_coeffs, ns_dtype=ns_dtype,
           shape_scale=shape_scale,
-          mu_dtype=mu_dtype, batch_axes=batch_axes, matrix_axes=matrix_axes,
-          ns_mesh_axis=ns_mesh_axis,
+          mu_dtype=mu_dtype, ns_mesh_axis=ns_mesh_axis,
           mesh=mesh, tuning=tuning),
       learning_rate=learning_rate, weight_decay=weight_decay,
       cautious_weight_decay=cautious_weight_decay,
       adamw_learning_rate=adamw_learning_rate, adamw_b1=adamw_b1,
       adamw_b2=adamw_b2, adamw_eps=adamw_eps,
       adamw_weight_decay=adamw_weight_decay, param_labels=param_labels,
-      mu_dtype=mu_dtype, batch_axes=batch_axes, matrix_axes=matrix_axes)
+      mu_dtype=mu_dtype, batch_axes=batch_axes, matrix_axes=matrix_axes,
+      layout=layout)
 
 
 def normuon(
@@ -660,6 +714,7 @@ def normuon(
     mu_dtype: DTypeLike | None = None,
     batch_axes: _matrix.BatchAxes = None,
     matrix_axes: _matrix.MatrixAxesArg = None,
+    layout: _layout.Layout | None = None,
     ns_mesh_axis: _mesh.MeshAxis = None,
     mesh: jax.sharding.Mesh | None = None,
     tuning: _tuning.Tuning | None = None,
@@ -723,6 +778,11 @@ def normuon(
       ``optax.contrib.MuonDimensionNumbers`` (see
       :func:`optax_muon.matrix_view`; ``optax_muon.per_head`` orthogonalises
       attention per head).
+    layout: an :class:`optax_muon.Layout` from
+      :func:`optax_muon.infer_layout` (every leaf's label and matrix axes,
+      read from the model's computation), in place of ``param_labels``,
+      ``batch_axes`` and ``matrix_axes``: giving any of them with it is a
+      ``ValueError``.
     ns_mesh_axis: a mesh axis name (or tuple of names) to split the stacked
       matrices over, so that each device orthogonalises only its share; see
       :func:`scale_by_muon`.
@@ -748,16 +808,17 @@ def normuon(
     {'bias': 'adamw', 'kernel': 'muon'}
   """
   return _alias(
-      _variants.scale_by_normuon(
+      functools.partial(
+          _variants.scale_by_normuon,
           momentum, beta2=beta2, nesterov=nesterov,
           ns_steps=ns_steps, ns_coeffs=ns_coeffs, ns_dtype=ns_dtype,
           shape_scale=shape_scale,
-          mu_dtype=mu_dtype, batch_axes=batch_axes, matrix_axes=matrix_axes,
-          ns_mesh_axis=ns_mesh_axis,
+          mu_dtype=mu_dtype, ns_mesh_axis=ns_mesh_axis,
           mesh=mesh, tuning=tuning),
       learning_rate=learning_rate, weight_decay=weight_decay,
       cautious_weight_decay=cautious_weight_decay,
       adamw_learning_rate=adamw_learning_rate, adamw_b1=adamw_b1,
       adamw_b2=adamw_b2, adamw_eps=adamw_eps,
       adamw_weight_decay=adamw_weight_decay, param_labels=param_labels,
-      mu_dtype=mu_dtype, batch_axes=batch_axes, matrix_axes=matrix_axes)
+      mu_dtype=mu_dtype, batch_axes=batch_axes, matrix_axes=matrix_axes,
+      layout=layout)

@@ -9,7 +9,7 @@ from typing import Any
 import jax
 import optax
 
-from optax_muon import _aliases, _labels, _matrix
+from optax_muon import _aliases, _labels, _layout, _matrix
 
 _ALIASES = (_aliases.muon, _aliases.adamuon, _aliases.mommuon,
             _aliases.normuon, _aliases.ogsignmuon)
@@ -31,6 +31,7 @@ def describe(params: optax.Params, *,
              matrix_axes: _matrix.MatrixAxesArg = None,
              shape_scale: str = "spectral",
              group_layers: bool = False,
+             layout: _layout.Layout | None = None,
              **alias_kwargs: Any) -> str:
   """A table of how an optimizer sees every leaf of ``params``.
 
@@ -74,6 +75,11 @@ def describe(params: optax.Params, *,
     group_layers: merge the rows of leaves whose paths differ only in
       integer entries (``blocks/0/...``, ``blocks/1/...``) into one row
       ``blocks/*/...`` with the count, when all else in the rows is equal.
+    layout: as for the alias (an :class:`optax_muon.Layout` from
+      :func:`optax_muon.infer_layout`): the table then has an ``evidence``
+      column -- the primitive and source line that decided each leaf, or
+      ``names`` for a name-based default, whose reason is listed below the
+      table.
     **alias_kwargs: any other argument of an alias (ignored).
 
   Returns:
@@ -92,6 +98,10 @@ def describe(params: optax.Params, *,
     raise ValueError(
         f"Unknown shape_scale {shape_scale!r}: use one of "
         f"{_matrix.SHAPE_SCALES}.")
+  _layout.check_exclusive(layout, "describe", param_labels=param_labels,
+                          batch_axes=batch_axes, matrix_axes=matrix_axes)
+  if layout is not None:
+    param_labels, matrix_axes = layout.labels, layout.spec
   axes_fn = _matrix.resolve_matrix_axes(matrix_axes)
   if param_labels is None:
     labels, match = _labels.default_labels(params, batch_axes, axes_fn)
@@ -102,6 +112,8 @@ def describe(params: optax.Params, *,
   label_leaves = treedef.flatten_up_to(labels)
 
   header = ("path", "shape", "label", "matrix", "in | out", "batch", "scale")
+  if layout is not None:
+    header += ("evidence",)
   rows = []
   groups, n_matrices, n_muon, adamw_entries, total = set(), 0, 0, 0, 0
   for (path, leaf), lab in sorted(
@@ -109,6 +121,7 @@ def describe(params: optax.Params, *,
     shape = tuple(getattr(leaf, "shape", ()))
     size = math.prod(shape)
     total += size
+    extra = () if layout is None else (layout[path].evidence,)
     if lab == _labels.MUON:
       v = _matrix.matrix_view(path, leaf, batch_axes, matrix_axes=axes_fn)
       groups.add(v.canonical_shape)
@@ -119,11 +132,11 @@ def describe(params: optax.Params, *,
       rows.append((_matrix.path_str(path), str(shape), lab,
                    f"{v.fan_in} x {v.fan_out}",
                    f"{_axes_str(v.fan_in_axes)} | {_axes_str(v.fan_out_axes)}",
-                   batch, f"{v.shape_scale(shape_scale):.3f}"))
+                   batch, f"{v.shape_scale(shape_scale):.3f}") + extra)
     else:
       adamw_entries += size
       rows.append((_matrix.path_str(path), str(shape), str(lab),
-                   "-", "-", "-", "-"))
+                   "-", "-", "-", "-") + extra)
   if group_layers:
     rows = _group_layers(rows)
   widths = [max(len(r[i]) for r in rows + [header])
@@ -135,11 +148,15 @@ def describe(params: optax.Params, *,
       f"{n_muon} lea{'f' if n_muon == 1 else 'ves'} ({len(groups)} shape group"
       f"{'' if len(groups) == 1 else 's'}); {adamw_entries} of {total} "
       "entries in AdamW.")
-  if param_labels is None:
+  if layout is not None:
+    for path, reason in sorted(layout.fallbacks.items()):
+      lines.append(f"names: {path}: {reason}.")
+  elif param_labels is None:
     note = _labels.vocab_note(match)
     if note is not None:
       lines.append(note)
-  hint = _labels.stacked_layers(params) if batch_axes is None else None
+  hint = (_labels.stacked_layers(params)
+          if batch_axes is None and layout is None else None)
   if hint is not None:
     lines.append(
         f"note: the norm scale {hint.path!r} has shape {hint.shape}: stacked "

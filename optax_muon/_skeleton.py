@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import optax
 from jax.typing import DTypeLike
 
-from optax_muon import _checks, _matrix, _mesh, _tuning
+from optax_muon import _checks, _layout, _matrix, _mesh, _tuning
 
 #: ``(k, rows, cols)`` stack of canonical (``rows <= cols``) matrices.
 Stack = jax.Array
@@ -106,6 +106,7 @@ def scale_by_muon_family(
     mu_dtype: DTypeLike | None = None,
     batch_axes: _matrix.BatchAxes = None,
     matrix_axes: _matrix.MatrixAxesArg = None,
+    layout: _layout.Layout | None = None,
     ns_mesh_axis: _mesh.MeshAxis = None,
     mesh: jax.sharding.Mesh | None = None,
     tuning: _tuning.Tuning | None = None,
@@ -138,6 +139,10 @@ def scale_by_muon_family(
   tuning = _tuning.resolve(tuning)
   plan = _mesh.MeshPlan(ns_mesh_axis, mesh)
   who = f"scale_by_{direction.name}"
+  _layout.check_exclusive(layout, who, batch_axes=batch_axes,
+                          matrix_axes=matrix_axes)
+  if layout is not None:
+    matrix_axes = layout.spec
   matrix_axes = _matrix.resolve_matrix_axes(matrix_axes)
 
   def views_of(leaves_with_paths):

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import optax
 from jax.typing import DTypeLike
 
-from optax_muon import _checks, _matrix, _mesh, _skeleton, _tuning
+from optax_muon import _checks, _layout, _matrix, _mesh, _skeleton, _tuning
 from optax_muon import _newton_schulz as ns
 
 # ----------------------------------------------------------------- Muon ----
@@ -47,6 +47,7 @@ def scale_by_muon(
     mu_dtype: DTypeLike | None = None,
     batch_axes: _matrix.BatchAxes = None,
     matrix_axes: _matrix.MatrixAxesArg = None,
+    layout: _layout.Layout | None = None,
     ns_mesh_axis: _mesh.MeshAxis = None,
     mesh: jax.sharding.Mesh | None = None,
     tuning: _tuning.Tuning | None = None,
@@ -91,6 +92,11 @@ def scale_by_muon(
       ``optax.contrib.MuonDimensionNumbers`` (see
       :func:`optax_muon.matrix_view`; ``optax_muon.per_head`` orthogonalises
       attention per head).
+    layout: an :class:`optax_muon.Layout` from
+      :func:`optax_muon.infer_layout`: every leaf's fan-in, fan-out and
+      batch axes as the model's computation uses them, in place of
+      ``batch_axes`` and ``matrix_axes`` (giving either with it is a
+      ``ValueError``).
     ns_mesh_axis: a mesh axis name (or tuple of names) to split the stacked
       matrices over: each stack of same-shape matrices is padded to a
       multiple of the axis size and sharded along it, so each device
@@ -112,7 +118,7 @@ def scale_by_muon(
   return _skeleton.scale_by_muon_family(
       direction, momentum=momentum, nesterov=nesterov, shape_scale=shape_scale,
       mu_dtype=mu_dtype, batch_axes=batch_axes, matrix_axes=matrix_axes,
-      ns_mesh_axis=ns_mesh_axis,
+      layout=layout, ns_mesh_axis=ns_mesh_axis,
       mesh=mesh, tuning=tuning)
 
 
@@ -209,6 +215,7 @@ def scale_by_adamuon(
     mu_dtype: DTypeLike | None = None,
     batch_axes: _matrix.BatchAxes = None,
     matrix_axes: _matrix.MatrixAxesArg = None,
+    layout: _layout.Layout | None = None,
     ns_mesh_axis: _mesh.MeshAxis = None,
     mesh: jax.sharding.Mesh | None = None,
     tuning: _tuning.Tuning | None = None,
@@ -268,6 +275,9 @@ def scale_by_adamuon(
       :func:`scale_by_muon`.
     matrix_axes: fan-in and fan-out axes of leaves; see
       :func:`scale_by_muon`.
+    layout: an :class:`optax_muon.Layout` (:func:`optax_muon.infer_layout`)
+      giving every leaf's matrix axes, in place of ``batch_axes`` and
+      ``matrix_axes``; see :func:`scale_by_muon`.
     ns_mesh_axis: mesh axis name(s) to split the stacked matrices over; see
       :func:`scale_by_muon`.
     mesh: the mesh for ``ns_mesh_axis``; ``None`` uses the ambient mesh.
@@ -288,7 +298,7 @@ def scale_by_adamuon(
   return _skeleton.scale_by_muon_family(
       direction, momentum=momentum, nesterov=nesterov, shape_scale=shape_scale,
       mu_dtype=mu_dtype, batch_axes=batch_axes, matrix_axes=matrix_axes,
-      ns_mesh_axis=ns_mesh_axis,
+      layout=layout, ns_mesh_axis=ns_mesh_axis,
       mesh=mesh, tuning=tuning)
 
 
@@ -432,6 +442,7 @@ def scale_by_mommuon(
     mu_dtype: DTypeLike | None = None,
     batch_axes: _matrix.BatchAxes = None,
     matrix_axes: _matrix.MatrixAxesArg = None,
+    layout: _layout.Layout | None = None,
     ns_mesh_axis: _mesh.MeshAxis = None,
     mesh: jax.sharding.Mesh | None = None,
     tuning: _tuning.Tuning | None = None,
@@ -528,6 +539,9 @@ def scale_by_mommuon(
       :func:`scale_by_muon`.
     matrix_axes: fan-in and fan-out axes of leaves; see
       :func:`scale_by_muon`.
+    layout: an :class:`optax_muon.Layout` (:func:`optax_muon.infer_layout`)
+      giving every leaf's matrix axes, in place of ``batch_axes`` and
+      ``matrix_axes``; see :func:`scale_by_muon`.
     ns_mesh_axis: mesh axis name(s) to split the stacked matrices over; see
       :func:`scale_by_muon`.
     mesh: the mesh for ``ns_mesh_axis``; ``None`` uses the ambient mesh.
@@ -552,7 +566,7 @@ def scale_by_mommuon(
   return _skeleton.scale_by_muon_family(
       direction, momentum=momentum, nesterov=nesterov, shape_scale=shape_scale,
       mu_dtype=mu_dtype, batch_axes=batch_axes, matrix_axes=matrix_axes,
-      ns_mesh_axis=ns_mesh_axis,
+      layout=layout, ns_mesh_axis=ns_mesh_axis,
       mesh=mesh, tuning=tuning)
 
 
@@ -582,6 +596,7 @@ def scale_by_ogsignmuon(
     mu_dtype: DTypeLike | None = None,
     batch_axes: _matrix.BatchAxes = None,
     matrix_axes: _matrix.MatrixAxesArg = None,
+    layout: _layout.Layout | None = None,
     ns_mesh_axis: _mesh.MeshAxis = None,
     mesh: jax.sharding.Mesh | None = None,
     tuning: _tuning.Tuning | None = None,
@@ -623,6 +638,9 @@ def scale_by_ogsignmuon(
       :func:`scale_by_muon`.
     matrix_axes: fan-in and fan-out axes of leaves; see
       :func:`scale_by_muon`.
+    layout: an :class:`optax_muon.Layout` (:func:`optax_muon.infer_layout`)
+      giving every leaf's matrix axes, in place of ``batch_axes`` and
+      ``matrix_axes``; see :func:`scale_by_muon`.
     ns_mesh_axis: mesh axis name(s) to split the stacked matrices over; see
       :func:`scale_by_muon`.
     mesh: the mesh for ``ns_mesh_axis``; ``None`` uses the ambient mesh.
@@ -638,7 +656,7 @@ def scale_by_ogsignmuon(
   return _skeleton.scale_by_muon_family(
       direction, momentum=momentum, nesterov=nesterov, shape_scale=shape_scale,
       mu_dtype=mu_dtype, batch_axes=batch_axes, matrix_axes=matrix_axes,
-      ns_mesh_axis=ns_mesh_axis,
+      layout=layout, ns_mesh_axis=ns_mesh_axis,
       mesh=mesh, tuning=tuning)
 
 
@@ -696,6 +714,7 @@ def scale_by_normuon(
     mu_dtype: DTypeLike | None = None,
     batch_axes: _matrix.BatchAxes = None,
     matrix_axes: _matrix.MatrixAxesArg = None,
+    layout: _layout.Layout | None = None,
     ns_mesh_axis: _mesh.MeshAxis = None,
     mesh: jax.sharding.Mesh | None = None,
     tuning: _tuning.Tuning | None = None,
@@ -732,6 +751,9 @@ def scale_by_normuon(
       :func:`scale_by_muon`.
     matrix_axes: fan-in and fan-out axes of leaves; see
       :func:`scale_by_muon`.
+    layout: an :class:`optax_muon.Layout` (:func:`optax_muon.infer_layout`)
+      giving every leaf's matrix axes, in place of ``batch_axes`` and
+      ``matrix_axes``; see :func:`scale_by_muon`.
     ns_mesh_axis: mesh axis name(s) to split the stacked matrices over; see
       :func:`scale_by_muon`.
     mesh: the mesh for ``ns_mesh_axis``; ``None`` uses the ambient mesh.
@@ -750,5 +772,5 @@ def scale_by_normuon(
   return _skeleton.scale_by_muon_family(
       direction, momentum=momentum, nesterov=nesterov, shape_scale=shape_scale,
       mu_dtype=mu_dtype, batch_axes=batch_axes, matrix_axes=matrix_axes,
-      ns_mesh_axis=ns_mesh_axis,
+      layout=layout, ns_mesh_axis=ns_mesh_axis,
       mesh=mesh, tuning=tuning)
