@@ -332,23 +332,40 @@ def cmd_flops():
 
 EXAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))), "examples", "sharded_train.py")
-# One layer: the FSDP layout is the same in every layer.
-EXAMPLE_ARGS = ("--simulate", "8", "--steps", "10", "--d-model", "32",
-                "--layers", "1")
+# The example at its defaults on 8 devices, 10 steps, saving checkpoints at
+# steps 5 and 10.
+EXAMPLE_ARGS = ("--simulate", "8", "--steps", "10", "--checkpoint-every",
+                "5")
 
 
-def cmd_example():
-  """``examples/sharded_train.py`` with ``EXAMPLE_ARGS``, run as
-  ``__main__`` (its --simulate 8 asks for the 8 devices this process has);
-  what it prints."""
-  argv, out = sys.argv, io.StringIO()
-  sys.argv = [EXAMPLE, *EXAMPLE_ARGS]
+def _run_example(argv):
+  """``examples/sharded_train.py argv`` run as ``__main__`` (its --simulate
+  8 asks for the 8 devices this process has); what it prints."""
+  saved, out = sys.argv, io.StringIO()
+  sys.argv = [EXAMPLE, *argv]
   try:
     with contextlib.redirect_stdout(out):
       runpy.run_path(EXAMPLE, run_name="__main__")
   finally:
-    sys.argv = argv
-  return {"argv": list(EXAMPLE_ARGS), "stdout": out.getvalue()}
+    sys.argv = saved
+  return out.getvalue()
+
+
+def cmd_example():
+  """``examples/sharded_train.py`` with ``EXAMPLE_ARGS`` and a checkpoint
+  folder; then, as after a crash between the saves of steps 5 and 10 (the
+  step-10 checkpoint removed), the same command with ``--resume``.
+  Returns both runs' argv and stdout."""
+  import shutil
+  import tempfile
+  with tempfile.TemporaryDirectory() as directory:
+    first = [*EXAMPLE_ARGS, "--checkpoint-dir", directory]
+    stdout = _run_example(first)
+    shutil.rmtree(os.path.join(directory, "10"))
+    again = [*first, "--resume"]
+    resumed = _run_example(again)
+  return {"argv": first, "stdout": stdout, "resume_argv": again,
+          "resumed_stdout": resumed}
 
 
 # ------------------------------------------------ resume on another mesh ----
