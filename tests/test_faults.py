@@ -48,10 +48,18 @@ import optax
 import pytest
 
 from tests import reference
-from tests._sweeps import ALIASES, sweep
+from tests._sweeps import ALIASES, FAST
 from tests._tolerances import tol
 
 N_ZERO = 2
+
+
+def _aliases():
+  """Every alias: the FAST ones (Muon, MomMuon) in `make test`, the others
+  (a few seconds each, mostly compilation) in `make test-integration`."""
+  return [pytest.param(n, id=n, marks=() if n in FAST
+                       else pytest.mark.integration) for n in ALIASES]
+
 LR, ADAMW_LR = 0.02, 3e-4
 
 # The first nonzero update of a leaf that had zero gradients at steps
@@ -122,7 +130,7 @@ def _muon_momentum(state):
 SCHEDULE = [True] * N_ZERO + [False] + [True] * N_ZERO + [False]
 
 
-@pytest.mark.parametrize("name", sweep(ALIASES))
+@pytest.mark.parametrize("name", _aliases())
 def test_leaves_without_gradient_stay_finite_start_fresh_and_donate(name):
   """The dead leaves through SCHEDULE: every state and update finite; no
   move while dead from the start; the first nonzero step equals a fresh
@@ -176,7 +184,7 @@ def test_leaves_without_gradient_stay_finite_start_fresh_and_donate(name):
   chex.assert_trees_all_equal(got, (params, state))
 
 
-@pytest.mark.parametrize("name", sweep(ALIASES))
+@pytest.mark.parametrize("name", _aliases())
 def test_debug_nans_is_quiet_with_an_all_zero_gradient_leaf(name):
   """Under ``jax_debug_nans`` any NaN an operation produces raises: eagerly
   the output of every primitive (even in a branch a ``where`` discards),
