@@ -440,27 +440,28 @@ def _same_runs(got, want):
 def test_compare_resumes_the_same_runs_and_refuses_other_ones(tmp_path,
                                                              capsys):
   """compare.py --checkpoint-dir, then --resume as after a crash during the
-  first of two runs just after its step-3 save (its later checkpoints and
-  the second run's folder removed): the first run continues from step 3
-  (model, optimizer state, data position, history), the second starts, and
-  the record is the uninterrupted one's, to the last bit. A folder with
-  checkpoints without --resume, and --resume with another seed, are
-  one-line errors that name the folder or the setting."""
+  second of two runs just after its step-3 save (its later checkpoints
+  removed): the first, finished run is read back, the second continues from
+  step 3 (model, optimizer state, data position, history), and the record
+  is the uninterrupted one's, to the last bit. A folder with checkpoints
+  without --resume, and --resume with another seed, are one-line errors
+  that name the folder or the setting."""
   import shutil
 
   ckpt = tmp_path / "ckpt"
   argv = ["--checkpoint-dir", str(ckpt), "--checkpoint-every", "3",
           "--checkpoint-keep", "5"]
   want = _compare("implicit", "muon,adamw", 8, tmp_path / "a", *argv)
-  assert sorted(p.name for p in (ckpt / "muon").iterdir()) == ["3", "6", "8"]
-  shutil.rmtree(ckpt / "adamw")
+  assert sorted(p.name for p in (ckpt / "adamw").iterdir()) == ["3", "6", "8"]
   for step in ("6", "8"):
-    shutil.rmtree(ckpt / "muon" / step)
+    shutil.rmtree(ckpt / "adamw" / step)
   got = _compare("implicit", "muon,adamw", 8, tmp_path / "b", *argv,
                  "--resume")
-  assert "muon: resumed from step 3" in capsys.readouterr().out
+  out = capsys.readouterr().out
+  assert "muon: resumed from step 8" in out
+  assert "adamw: resumed from step 3" in out
   _same_runs(got, want)
-  assert [r.get("resumed_from") for r in got["runs"]] == [3, None]
+  assert [r["resumed_from"] for r in got["runs"]] == [8, 3]
   again = ["--task", "implicit", "--tiny", "--steps", "8", "--optimizers",
            "muon", "--out", str(tmp_path / "x"), "--num-evals", "1",
            "--no-progress", "--seed", "3", *argv]
