@@ -25,6 +25,10 @@ docs/ALGORITHMS.md, for a leaf whose gradient is zero at steps 1..N
   correction divides by ``1 - beta2^(N+1)`` with the global count: the
   first nonzero update is ``sqrt((1 - beta2^(N+1)) / (1 - beta2))`` times a
   fresh start's (``beta2 = 0.995``: 1.73x after N = 2), not equal.
+* ``muonh``, ``normuonh`` (Hyperball after Muon's / NorMuon's direction,
+  when they are in ALIASES): a zero direction leaves ``W`` exactly
+  unchanged, so at step N + 1 the weight is ``W_0`` and the direction a
+  fresh start's: the first nonzero update equals a fresh start's.
 * AdamW part (every alias; vectors, embeddings): ``m`` and ``v`` stay 0 and
   the update ``m_hat / (sqrt(v_hat) + eps)`` is exactly 0; at step N + 1 the
   bias corrections use ``t = N + 1``: Adam's step with count ``N + 1`` from
@@ -71,6 +75,8 @@ FRESH_START = {
     "normuon": lambda n: 1.0,
     "mommuon": lambda n: 1.0,
     "adamuon": lambda n: math.sqrt((1 - 0.995 ** (n + 1)) / (1 - 0.995)),
+    "muonh": lambda n: 1.0,
+    "normuonh": lambda n: 1.0,
 }
 
 # "dead" gets zero gradients (a matrix, Muon; a vector, AdamW); "live" leaves
