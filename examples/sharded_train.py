@@ -232,13 +232,13 @@ def main(args):
     # Build the model directly sharded: shapes first, then create it under
     # jit with every param constrained to its FSDP spec (no host copy of the
     # whole model, which matters across hosts).
-    abstract = nnx.eval_shape(lambda: GPT(config, nnx.Rngs(0)))
+    abstract = nnx.eval_shape(lambda: GPT(config, nnx.Rngs(args.seed)))
     param_specs = jax.tree.map(lambda x: fsdp_spec(x.shape, "data", n),
                                nnx.state(abstract))
 
     @nnx.jit
     def create():
-      model = GPT(config, nnx.Rngs(0))
+      model = GPT(config, nnx.Rngs(args.seed))
       pin(model, param_specs)
       return model
 
