@@ -29,8 +29,11 @@ excluded; ``tokens_per_second`` (``images_per_second`` for ``image``) the
 throughput over the same steps; ``steps_to_target`` the first step whose
 10-step trailing mean loss is at most ``target_loss["value"]``;
 non-finite numbers (a diverged run) and targets never reached are written as
-``null``. The top-level ``options`` are the model and data settings (preset,
-sizes, batch size, compute dtype).
+``null``. A run continued with ``--resume`` records ``resumed_from``, the
+step of the checkpoint it continued from; its timings then add up the
+sessions (each session's first step compiles and is not timed). The
+top-level ``options`` are the model and data settings (preset, sizes, batch
+size, compute dtype).
 """
 
 from __future__ import annotations
