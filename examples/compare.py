@@ -29,8 +29,11 @@ excluded; ``tokens_per_second`` (``images_per_second`` for ``image``) the
 throughput over the same steps; ``steps_to_target`` the first step whose
 10-step trailing mean loss is at most ``target_loss["value"]``;
 non-finite numbers (a diverged run) and targets never reached are written as
-``null``. The top-level ``options`` are the model and data settings (preset,
-sizes, batch size, compute dtype).
+``null``. A run continued with ``--resume`` records ``resumed_from``, the
+step of the checkpoint it continued from; its timings then add up the
+sessions (each session's first step compiles and is not timed). The
+top-level ``options`` are the model and data settings (preset, sizes, batch
+size, compute dtype).
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ from flax import nnx  # noqa: E402
 import optax_muon as om  # noqa: E402
 from examples import optimizers as opt_registry  # noqa: E402
 from examples import tasks, training  # noqa: E402
+from examples.checkpoints import Checkpoints  # noqa: E402
 from examples.data import DataError  # noqa: E402
 
 
@@ -134,6 +138,21 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument(
       "--progress", action=argparse.BooleanOptionalAction, default=None,
       help="progress bar (default: on a terminal)")
+  parser.add_argument(
+      "--checkpoint-dir", default=None,
+      help="save each run's state here (orbax; one subfolder per run) every "
+      "--checkpoint-every steps and after its last; with --resume, continue "
+      "from the latest checkpoints")
+  parser.add_argument("--checkpoint-every", type=int, default=100,
+                      help="steps between checkpoints (default 100)")
+  parser.add_argument("--checkpoint-keep", type=int, default=2,
+                      help="how many of a run's latest checkpoints to keep "
+                      "(default 2)")
+  parser.add_argument(
+      "--resume", action="store_true",
+      help="continue an interrupted compare.py from --checkpoint-dir: "
+      "finished runs are read back, the interrupted one continues from its "
+      "latest checkpoint, the others start (same command otherwise)")
   return parser
 
 
@@ -190,6 +209,11 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, dict]:
       raise ValueError("--dtype bfloat16/--bf16 is for --task lm or image.")
     if args.target_loss is not None and not math.isfinite(args.target_loss):
       raise ValueError("--target-loss must be a finite number.")
+    if args.resume and args.checkpoint_dir is None:
+      raise ValueError("--resume needs --checkpoint-dir.")
+    for flag in ("checkpoint_every", "checkpoint_keep"):
+      if getattr(args, flag) < 1:
+        raise ValueError(f"--{flag.replace('_', '-')} must be at least 1.")
     if args.lr_grid is not None:
       args.lr_grid = [float(v) for v in args.lr_grid.split(",") if v.strip()]
       if not args.lr_grid or min(args.lr_grid) <= 0:
@@ -374,6 +398,27 @@ def _load_average() -> float | None:
     return None
 
 
+def _checkpoints(args, task, steps, name, lr, options
+                 ) -> Checkpoints | None:
+  """The checkpoints of one run (``--checkpoint-dir``/NAME, with the
+  learning rate in a sweep), or ``None``. What must match for a resume to
+  continue the same run goes into its config."""
+  if args.checkpoint_dir is None:
+    return None
+  folder = name if not args.lr_sweep else f"{name}@lr={lr:g}"
+  return Checkpoints(
+      Path(args.checkpoint_dir) / folder.replace(os.sep, "_"),
+      every=args.checkpoint_every, keep=args.checkpoint_keep,
+      resume=args.resume, config={
+          "task": task.name, "task_options": {
+              k: training._jsonable(v) for k, v in task.options.items()},
+          "optimizer": name, "learning_rate": lr,
+          "options": {k: training._jsonable(v) for k, v in options.items()},
+          "steps": steps, "seed": args.seed, "warmup": task.warmup,
+          "cooldown": task.cooldown, "qk_clip": args.qk_clip,
+          "data_dir": args.data_dir})
+
+
 def main(argv=None) -> dict:
   """Runs the comparison; returns what it writes to ``results.json``."""
   args, plan = parse_args(argv)
@@ -424,10 +469,21 @@ def main(argv=None) -> dict:
   results = []
   for name, lr, options in jobs:
     tx = opt_registry.build(name, lr, options, adamw_learning_rate=adamw_lr)
-    result = training.train(
-        task, tx, steps=steps, seed=args.seed, name=name, learning_rate=lr,
-        options=options, num_evals=args.num_evals, progress=args.progress,
-        qk_clip=args.qk_clip)
+    try:
+      checkpoints = _checkpoints(args, task, steps, name, lr, options)
+    except ValueError as e:  # a folder of another run
+      raise SystemExit(f"compare.py: error: {e}") from None
+    try:
+      result = training.train(
+          task, tx, steps=steps, seed=args.seed, name=name, learning_rate=lr,
+          options=options, num_evals=args.num_evals, progress=args.progress,
+          qk_clip=args.qk_clip, checkpoints=checkpoints)
+    except ValueError as e:
+      if not str(e).startswith("--resume"):
+        raise
+      raise SystemExit(f"compare.py: error: {e}") from None
+    if result.resumed_from is not None:
+      print(f"  {name}: resumed from step {result.resumed_from}")
     results.append(result)
     rate = (f", {result.items_per_second:,.0f} {task.item_name}/s"
             if math.isfinite(result.items_per_second) else "")

@@ -33,7 +33,22 @@ simulated CPU devices each (CPU collectives over Gloo)::
   python examples/sharded_train.py --simulate 2 --coordinator 127.0.0.1:1234 \
       --num-processes 2 --process-id 1
 
-Data: the pydoc topics that ship with Python, as bytes.
+Data: the pydoc topics that ship with Python, as bytes. Every process draws
+the same global batch from ``--seed`` and feeds its own rows, so the data do
+not depend on the number of processes or devices.
+
+Crash-safe runs: ``--checkpoint-dir DIR`` saves the model, the optimizer
+state, the step and the data generator's state every ``--checkpoint-every``
+steps (orbax, atomic, the last ``--checkpoint-keep`` kept); after a crash or
+a preemption the same command with ``--resume`` continues from the latest
+checkpoint, on the CPU bit-identically to a run that was never stopped. It
+may resume on another number of devices or processes, with or without
+``--no-split``: each array is read straight into its layout on the new mesh
+(README, "Checkpointing")::
+
+  python examples/sharded_train.py --simulate 8 --checkpoint-dir ckpt
+  # killed at step 45: resume from step 40, now on 4 devices
+  python examples/sharded_train.py --simulate 4 --checkpoint-dir ckpt --resume
 """
 
 from __future__ import annotations
@@ -71,7 +86,25 @@ def _parse_args():
   parser.add_argument("--d-model", type=int, default=64)
   parser.add_argument("--layers", type=int, default=2)
   parser.add_argument("--seq-len", type=int, default=64)
+  parser.add_argument("--seed", type=int, default=0,
+                      help="seeds the initial weights and the batches")
+  parser.add_argument("--checkpoint-dir", default=None,
+                      help="save checkpoints here (orbax); with --resume, "
+                           "continue from the latest one")
+  parser.add_argument("--checkpoint-every", type=int, default=20,
+                      help="steps between checkpoints (default 20)")
+  parser.add_argument("--checkpoint-keep", type=int, default=3,
+                      help="how many of the latest checkpoints to keep")
+  parser.add_argument("--resume", action="store_true",
+                      help="continue from the latest checkpoint in "
+                           "--checkpoint-dir (start at step 0 if none)")
   args = parser.parse_args()
+  if args.resume and args.checkpoint_dir is None:
+    parser.error("--resume needs --checkpoint-dir.")
+  for flag in ("checkpoint_every", "checkpoint_keep"):
+    if getattr(args, flag) < 1:
+      parser.error(f"--{flag.replace('_', '-')} {getattr(args, flag)}: must "
+                   "be at least 1.")
   if (args.coordinator is not None or args.num_processes is not None
       or args.process_id is not None):
     args.multihost = True
@@ -104,6 +137,11 @@ import optax_muon as om  # noqa: E402
 
 # The model is the lm example's GPT (examples/tasks/lm.py).
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from examples.checkpoints import (  # noqa: E402
+    Checkpoints,
+    generator_state,
+    set_generator_state,
+)
 from examples.tasks.lm import GPT, GPTConfig, loss_fn  # noqa: E402
 
 # --------------------------------------------------------------- sharding ----
@@ -131,6 +169,33 @@ def spec_of(v) -> str:
   return "P(" + ", ".join(map(repr, array.sharding.spec)) + ")"
 
 
+def _key(entry) -> str:
+  for attr in ("key", "idx", "name"):
+    if hasattr(entry, attr):
+      return str(getattr(entry, attr))
+  return str(entry)
+
+
+def first_moment(optimizer, keys) -> tuple[str, jax.Array]:
+  """``(label, array)``: the first moment of the param at path ``keys``
+  (e.g. ``("blocks", 0, "mlp", "fc", "kernel")``) -- Muon's momentum or
+  AdamW's ``mu``, whichever part of the optimizer the param went to (in the
+  other part its entry is an empty ``MaskedNode``)."""
+  want = [str(k) for k in keys]
+  for path, leaf in jax.tree_util.tree_leaves_with_path(
+      nnx.state(optimizer)):
+    names = [_key(e) for e in path]
+    if names and names[-1] == "value":
+      names = names[:-1]
+    if "mu" in names:
+      i = names.index("mu")
+      if names[i + 1:] == want:
+        label = (names[names.index("inner_states") + 1]
+                 if "inner_states" in names else "?")
+        return label, leaf
+  raise KeyError(f"no first moment for {'/'.join(want)}")
+
+
 def text_bytes() -> np.ndarray:
   from pydoc_data import topics
   text = "\n\n".join(topics.topics[k] for k in sorted(topics.topics))
@@ -148,6 +213,8 @@ def main(args):
                                num_processes=args.num_processes,
                                process_id=args.process_id)
   n = jax.device_count()
+  if args.resume and args.checkpoint_dir is None:
+    raise ValueError("--resume needs --checkpoint-dir.")
   if args.batch_size % n:
     raise ValueError(f"--batch-size {args.batch_size} is not a multiple of "
                      f"the {n} devices.")
@@ -165,13 +232,13 @@ def main(args):
     # Build the model directly sharded: shapes first, then create it under
     # jit with every param constrained to its FSDP spec (no host copy of the
     # whole model, which matters across hosts).
-    abstract = nnx.eval_shape(lambda: GPT(config, nnx.Rngs(0)))
+    abstract = nnx.eval_shape(lambda: GPT(config, nnx.Rngs(args.seed)))
     param_specs = jax.tree.map(lambda x: fsdp_spec(x.shape, "data", n),
                                nnx.state(abstract))
 
     @nnx.jit
     def create():
-      model = GPT(config, nnx.Rngs(0))
+      model = GPT(config, nnx.Rngs(args.seed))
       pin(model, param_specs)
       return model
 
@@ -190,29 +257,73 @@ def main(args):
       return loss
 
     tokens = text_bytes()
-    rng = np.random.default_rng(jax.process_index())
+    # One generator for the global batch, the same on every process: each
+    # process feeds its own rows of it.
+    rng = np.random.default_rng(args.seed)
     local = args.batch_size // jax.process_count()
+    rows = slice(jax.process_index() * local,
+                 (jax.process_index() + 1) * local)
     batch_sharding = NamedSharding(mesh, P("data"))
+
+    checkpoints, first = None, 1
+    if args.checkpoint_dir is not None:
+      # What must match for a resume to be the same run (--steps may grow:
+      # the learning rate is constant; the devices and --no-split may
+      # change: they change rounding only).
+      checkpoints = Checkpoints(
+          args.checkpoint_dir, every=args.checkpoint_every,
+          keep=args.checkpoint_keep, resume=args.resume, config={
+              "optimizer": args.optimizer, "batch_size": args.batch_size,
+              "d_model": args.d_model, "layers": args.layers,
+              "seq_len": args.seq_len, "seed": args.seed})
+      # The abstract target: shapes, dtypes and the shardings of this
+      # mesh, from the freshly built model and optimizer.
+      restored = checkpoints.restore(nnx.state((model, optimizer)))
+      if restored is not None:
+        done, state, record = restored
+        nnx.update((model, optimizer), state)
+        set_generator_state(rng, record["rng"])
+        first = done + 1
+        print(f"resumed from step {done} ({checkpoints.directory})")
+      elif args.resume:
+        print(f"no checkpoint in {checkpoints.directory}: starting at step 0")
+
     kernel = model.blocks[0].mlp.fc.kernel
     print(f"{n} devices ({jax.devices()[0].device_kind}), "
           f"{jax.process_count()} process(es); {args.optimizer}, "
           f"ns_mesh_axis={None if args.no_split else 'data'}")
     print(f"blocks[0].mlp.fc.kernel {kernel.shape}: {spec_of(kernel)}")
     start = time.perf_counter()
-    for step in range(1, args.steps + 1):
-      starts = rng.integers(len(tokens) - args.seq_len - 1, size=local)
+    loss = None
+    for step in range(first, args.steps + 1):
+      starts = rng.integers(len(tokens) - args.seq_len - 1,
+                            size=args.batch_size)[rows]
       windows = np.stack([tokens[s:s + args.seq_len + 1] for s in starts])
       # Each process gives its own rows; together they form the global batch.
       batch = jax.make_array_from_process_local_data(batch_sharding, windows)
       loss = train_step(model, optimizer, batch)
-      if step == 1 or step % 10 == 0 or step == args.steps:
+      if step == first or step % 10 == 0 or step == args.steps:
         print(f"step {step:4d}  loss {float(loss):.4f}  "
               f"({time.perf_counter() - start:.1f} s)")
-    mu = optimizer.opt_state.inner_states["muon"].inner_state[0].mu
+      if checkpoints is not None and (
+          step % args.checkpoint_every == 0 or step == args.steps):
+        checkpoints.save(step, nnx.state((model, optimizer)),
+                         {"rng": generator_state(rng), "loss": float(loss)},
+                         force=True)
+    if checkpoints is not None:
+      checkpoints.close()
+    if loss is not None:
+      # Every digit, for comparing runs (a resumed run with an uninterrupted
+      # one).
+      print(f"final loss {float(loss)!r} at step {args.steps}")
+    label, mu = first_moment(optimizer, ("blocks", 0, "mlp", "fc", "kernel"))
     print("after training: blocks[0].mlp.fc.kernel",
-          spec_of(model.blocks[0].mlp.fc.kernel), "its momentum",
-          spec_of(mu["blocks"][0]["mlp"]["fc"]["kernel"]))
+          spec_of(model.blocks[0].mlp.fc.kernel), f"({label}), its momentum",
+          spec_of(mu))
 
 
 if __name__ == "__main__":
-  main(ARGS)
+  try:
+    main(ARGS)
+  except ValueError as e:  # a bad argument or a checkpoint of another run
+    raise SystemExit(f"sharded_train.py: error: {e}") from None

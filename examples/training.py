@@ -23,6 +23,7 @@ import optax
 from flax import nnx
 
 import optax_muon as om
+from examples.checkpoints import Checkpoints, generator_state
 
 #: The training loss reported as ``final_train_loss``: the mean over this many
 #: last steps (mini-batch losses are noisy; a full-batch task is smooth anyway).
@@ -103,6 +104,8 @@ class RunResult:
   max_logit_history: list[tuple[int, float]] = dataclasses.field(
       default_factory=list)
   qk_clip: float | None = None
+  # the step the run was last resumed from (a checkpoint), if it was
+  resumed_from: int | None = None
 
   @property
   def final_train_loss(self) -> float:
@@ -135,6 +138,8 @@ class RunResult:
             "max_logit": _finite_or_none(max(
                 (v for _, v in self.max_logit_history), default=math.nan)),
             "qk_clip": self.qk_clip} if self.max_logit_history else {}),
+        **({"resumed_from": self.resumed_from}
+           if self.resumed_from is not None else {}),
     }
 
 
@@ -257,7 +262,8 @@ def train(task: Task, tx: optax.GradientTransformation, *, steps: int,
           seed: int, name: str, learning_rate: float,
           options: Mapping[str, Any] | None = None, num_evals: int = 10,
           progress: bool | None = None,
-          qk_clip: float | None = None) -> RunResult:
+          qk_clip: float | None = None,
+          checkpoints: Checkpoints | None = None) -> RunResult:
   """Trains a fresh model from ``task`` with ``tx`` for ``steps`` steps.
 
   Args:
@@ -274,6 +280,12 @@ def train(task: Task, tx: optax.GradientTransformation, *, steps: int,
     progress: show a tqdm bar; ``None`` shows it only on a terminal.
     qk_clip: chain :func:`optax_muon.qk_clip` with this ``tau`` after the
       optimizer and its schedule (attention tasks only).
+    checkpoints: save the run's state every ``checkpoints.every`` steps and
+      after the last; if the folder holds a checkpoint of this run (a
+      resume), continue from it: the model and optimizer state, the data
+      position (the batches before it are drawn again and dropped, and the
+      generator's state is checked against the one saved) and the history,
+      so that the run is the same as one never stopped.
 
   Returns:
     A :class:`RunResult` with the loss of every step and the metric at each
@@ -296,18 +308,41 @@ def train(task: Task, tx: optax.GradientTransformation, *, steps: int,
                                             clip=qk_clip is not None)
   else:
     train_step = make_train_step(task.loss)
-  max_logits: list[tuple[int, jax.Array]] = []
-  batches = task.batches(np.random.default_rng(seed))
+  max_logits: list[tuple[int, Any]] = []
+  rng = np.random.default_rng(seed)
+  batches = task.batches(rng)
   evals = set(eval_steps(steps, num_evals))
 
   history: list[tuple[int, float]] = []
   eval_history: list[tuple[int, float]] = []
   pending: list[tuple[int, jax.Array]] = []
-  # Wall time of steps 2..steps (step 1 compiles), batches included,
-  # evaluations excluded; the clock runs from a finished step to a finished
-  # step.
-  step_seconds, clock = 0.0, None
-  bar = tqdm(total=steps, desc=f"{task.name}/{name}", leave=True,
+  # Wall time of the timed steps (every step but the first of a session,
+  # which compiles), batches included, evaluations excluded; the clock runs
+  # from a finished step to a finished step.
+  step_seconds, timed, clock, clock_step = 0.0, 0, None, 0
+  seconds_before = cpu_before = 0.0
+  first, resumed_from = 1, None
+  if checkpoints is not None:
+    restored = checkpoints.restore(nnx.state((model, optimizer)))
+    if restored is not None:
+      done, state, record = restored
+      nnx.update((model, optimizer), state)
+      for _ in range(done):  # the data position
+        next(batches)
+      if generator_state(rng) != record["rng"]:
+        raise ValueError(
+            f"--resume: the batches drawn up to step {done} do not end in "
+            f"the data generator's state saved in {checkpoints.directory} "
+            "(other data?). Resume with the same data, or give another "
+            "--checkpoint-dir.")
+      history = [(int(s), float(v)) for s, v in record["history"]]
+      eval_history = [(int(s), float(v)) for s, v in record["eval_history"]]
+      max_logits = [(int(s), float(v)) for s, v in record["max_logits"]]
+      step_seconds, timed = record["step_seconds"], record["timed_steps"]
+      seconds_before, cpu_before = record["seconds"], record["cpu_seconds"]
+      first, resumed_from = done + 1, done
+  bar = tqdm(total=steps, initial=first - 1, desc=f"{task.name}/{name}",
+             leave=True,
              disable=None if progress is None else not progress,
              dynamic_ncols=True, mininterval=0.5)
 
@@ -315,19 +350,31 @@ def train(task: Task, tx: optax.GradientTransformation, *, steps: int,
     history.extend((s, float(v)) for s, v in jax.device_get(pending))
     pending.clear()
 
-  for step in range(1, steps + 1):
+  def save(step):
+    flush()
+    checkpoints.save(step, nnx.state((model, optimizer)), {
+        "rng": generator_state(rng), "history": history,
+        "eval_history": eval_history,
+        "max_logits": [(s, float(v)) for s, v in jax.device_get(max_logits)],
+        "step_seconds": step_seconds, "timed_steps": timed,
+        "seconds": seconds_before + time.perf_counter() - start,
+        "cpu_seconds": cpu_before + time.process_time() - cpu_start,
+    }, force=True)
+
+  for step in range(first, steps + 1):
     batch = next(batches)
     loss = train_step(model, optimizer, batch)
     if tracks_logits:
       loss, top = loss
       max_logits.append((step, top))
     pending.append((step, loss))
-    if step == 1 or step % 10 == 0 or step in evals or step == steps:
+    if step == first or step % 10 == 0 or step in evals or step == steps:
       flush()  # waits for the step to finish
       now = time.perf_counter()
       if clock is not None:
         step_seconds += now - clock
-      clock = now
+        timed += step - clock_step
+      clock, clock_step = now, step
       bar.set_postfix(loss=f"{history[-1][1]:.4f}", refresh=False)
     bar.update(1)
     if step in evals:
@@ -335,19 +382,24 @@ def train(task: Task, tx: optax.GradientTransformation, *, steps: int,
       bar.set_postfix(loss=f"{history[-1][1]:.4f}",
                       **{task.metric: f"{eval_history[-1][1]:.4f}"})
       clock = time.perf_counter()
+    if checkpoints is not None and (step % checkpoints.every == 0
+                                    or step == steps):
+      save(step)
+      clock = time.perf_counter()
   flush()
   bar.close()
-  timed = steps - 1
+  if checkpoints is not None:
+    checkpoints.close()
   max_logit_history = [(s, float(v)) for s, v in jax.device_get(max_logits)]
   return RunResult(
       optimizer=name, learning_rate=float(learning_rate),
       options=dict(options or {}), history=history,
       eval_history=eval_history, metric=task.metric,
-      seconds=time.perf_counter() - start,
+      seconds=seconds_before + time.perf_counter() - start,
       step_ms=1000 * step_seconds / timed if timed else math.nan,
-      cpu_seconds=time.process_time() - cpu_start,
+      cpu_seconds=cpu_before + time.process_time() - cpu_start,
       items_per_second=(task.items_per_step * timed / step_seconds
                         if timed and task.items_per_step and step_seconds > 0
                         else math.nan),
       item_name=task.item_name, max_logit_history=max_logit_history,
-      qk_clip=qk_clip)
+      qk_clip=qk_clip, resumed_from=resumed_from)

@@ -358,8 +358,12 @@ class MomMuonDirection(_skeleton.Direction):
 
   def init(self, view):
     k = view.small_side
-    zeros = jnp.zeros(view.batch_shape + (k, k), jnp.float32)
-    return (zeros, zeros) if self.ns_average == "gram" else (zeros,)
+    fields = 2 if self.ns_average == "gram" else 1
+    # One array per field: a state whose leaves share a buffer cannot be
+    # donated (jax.jit(..., donate_argnums=...) refuses the same buffer
+    # twice).
+    return tuple(jnp.zeros(view.batch_shape + (k, k), jnp.float32)
+                 for _ in range(fields))
 
   def state_axes(self, view):
     axes = view.batch_axes + (view.small_side_axis, None)

@@ -30,10 +30,8 @@ from tests import _sharding_worker as sw
 DEVICES_PER_PROCESS = 2
 EXAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))), "examples", "sharded_train.py")
-# The example's model and run, small: one layer (half the compilation and
-# the cross-process traffic of the default two), 10 steps.
-EXAMPLE_ARGS = ("--simulate", str(DEVICES_PER_PROCESS), "--steps", "10",
-                "--d-model", "32", "--layers", "1")
+# The example at its defaults, 10 steps.
+EXAMPLE_ARGS = ("--simulate", str(DEVICES_PER_PROCESS), "--steps", "10")
 
 # layout -> (mesh shape, axis names, axis type, param specs, ns_mesh_axis).
 # Mesh axes span both processes: "d" (4 devices) and "data" (2 devices, one

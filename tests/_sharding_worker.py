@@ -11,6 +11,7 @@ with each ``CHECK`` one of
   steps:ALIAS:LAYOUT,...   the named layouts
   flops                    see cmd_flops
   example                  see cmd_example
+  resume:ALIAS:CASE,...    see cmd_resume (ALIAS from tests/_sweeps.py)
 
 The checks run one after the other in the one process (one start, one
 import of jax). The process prints one JSON object on its last line,
@@ -35,6 +36,7 @@ from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import optax_muon as om
+from tests import _sweeps
 from tests import reference as ref
 
 SHAPES = {
@@ -330,23 +332,163 @@ def cmd_flops():
 
 EXAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))), "examples", "sharded_train.py")
-# One layer: the FSDP layout is the same in every layer.
-EXAMPLE_ARGS = ("--simulate", "8", "--steps", "10", "--d-model", "32",
-                "--layers", "1")
+# The example at its defaults on 8 devices, 10 steps, saving checkpoints at
+# steps 5 and 10.
+EXAMPLE_ARGS = ("--simulate", "8", "--steps", "10", "--checkpoint-every",
+                "5")
 
 
-def cmd_example():
-  """``examples/sharded_train.py`` with ``EXAMPLE_ARGS``, run as
-  ``__main__`` (its --simulate 8 asks for the 8 devices this process has);
-  what it prints."""
-  argv, out = sys.argv, io.StringIO()
-  sys.argv = [EXAMPLE, *EXAMPLE_ARGS]
+def _run_example(argv):
+  """``examples/sharded_train.py argv`` run as ``__main__`` (its --simulate
+  8 asks for the 8 devices this process has); what it prints."""
+  saved, out = sys.argv, io.StringIO()
+  sys.argv = [EXAMPLE, *argv]
   try:
     with contextlib.redirect_stdout(out):
       runpy.run_path(EXAMPLE, run_name="__main__")
   finally:
-    sys.argv = argv
-  return {"argv": list(EXAMPLE_ARGS), "stdout": out.getvalue()}
+    sys.argv = saved
+  return out.getvalue()
+
+
+def cmd_example():
+  """``examples/sharded_train.py`` with ``EXAMPLE_ARGS`` and a checkpoint
+  folder; then, as after a crash between the saves of steps 5 and 10 (the
+  step-10 checkpoint removed), the same command with ``--resume``.
+  Returns both runs' argv and stdout."""
+  import shutil
+  import tempfile
+  with tempfile.TemporaryDirectory() as directory:
+    first = [*EXAMPLE_ARGS, "--checkpoint-dir", directory]
+    stdout = _run_example(first)
+    shutil.rmtree(os.path.join(directory, "10"))
+    again = [*first, "--resume"]
+    resumed = _run_example(again)
+  return {"argv": first, "stdout": stdout, "resume_argv": again,
+          "resumed_stdout": resumed}
+
+
+# ------------------------------------------------ resume on another mesh ----
+
+# Keller Jordan's quintic has slope a = 3.4445 at the origin and less in
+# magnitude elsewhere on [0, 1], so a relative perturbation of its input
+# grows at most a-fold per iteration: a few float32 roundings (eps = 2^-23)
+# amplified over the 5 steps bound the difference between two float32
+# computations of one update that only sum in a different order (sharded
+# matmuls and norms, another number of devices).
+F32_RTOL = 4 * 3.4445**5 * float(np.finfo(np.float32).eps)  # ~2.3e-4
+
+REPLICATED = {k: P() for k in SHAPES}
+# case -> (param specs on a ("d",) mesh, axis type); "+split" adds
+# ns_mesh_axis="d".
+RESUME_CASES = {
+    "fsdp_auto": (FSDP, AxisType.Auto),
+    "fsdp_explicit": (FSDP, AxisType.Explicit),
+    "replicated_auto": (REPLICATED, AxisType.Auto),
+    "replicated_explicit": (REPLICATED, AxisType.Explicit),
+}
+# (devices, steps) of each phase: a checkpoint after each, restored onto
+# the next phase's mesh. 8 steps in all: MomMuon (ns_every=5 by default)
+# refreshes at steps 1 and 6, so the resumes at steps 2 and 4 fall inside
+# its refresh cycle, the one at step 6 just after a refresh.
+RESUME_PHASES = ((8, 2), (4, 2), (1, 2), (8, 2))
+
+
+def _resume_tx(alias_name, split):
+  return _sweeps.ALIASES[alias_name](LR, ns_mesh_axis="d" if split else None)
+
+
+def _restore_target(tx, mesh, specs):
+  """The abstract target on ``mesh``: the params' and a fresh optimizer
+  state's shapes, dtypes and shardings (the recipe of README's
+  "Checkpointing")."""
+  import orbax.checkpoint as ocp
+  with jax.set_mesh(mesh):
+    params = {k: jax.device_put(v, NamedSharding(mesh, specs[k]))
+              for k, v in _params().items()}
+    fresh = {"params": params, "opt_state": tx.init(params)}
+  return jax.tree.map(ocp.utils.to_shape_dtype_struct, fresh)
+
+
+def cmd_resume(alias_name, cases, directory):
+  """For each case: ``sum(steps)`` steps of the alias in the phases of
+  ``RESUME_PHASES`` (8 -> 4 -> 1 -> 8 devices), an orbax checkpoint after
+  each phase restored onto the next phase's mesh with that mesh's
+  shardings; against an uninterrupted run on one device without a mesh.
+
+  Reports per case: ``params_vs_bound``, the largest ratio over the leaves
+  of the relative error of the params' change (params - initial params)
+  to its bound ``F32_RTOL * sum_t |p_t - p_(t-1)| / |p_T - p_0|`` (each
+  step's update may differ by ``F32_RTOL`` of its norm: see F32_RTOL); the
+  errors add up over the steps, and relative to the total change they are
+  larger where updates partly cancel); ``state_vs_single_device``, the
+  largest relative error of a state leaf; ``restore_mismatches``, restored
+  leaves not laid out as their target (the new mesh's shardings).
+  """
+  import orbax.checkpoint as ocp
+  total = sum(n for _, n in RESUME_PHASES)
+  params0 = _params()
+  tx = _resume_tx(alias_name, split=False)
+  step = jax.jit(lambda g, s, p: _apply(tx, g, s, p))
+  params, state = params0, tx.init(params0)
+  path_len = {k: 0.0 for k in SHAPES}
+  for t in range(total):
+    new, state = step(_grads(t), state, params)
+    for k in SHAPES:
+      path_len[k] += float(np.linalg.norm(np.asarray(new[k], np.float64)
+                                          - np.asarray(params[k])))
+    params = new
+  want_params, want_state = params, state
+  bound = {k: F32_RTOL * path_len[k] / max(float(np.linalg.norm(
+      np.asarray(want_params[k], np.float64) - params0[k])), 1e-30)
+           for k in SHAPES}
+
+  checkpointer = ocp.StandardCheckpointer()
+  report = {}
+  for case in cases:
+    layout, _, split = case.partition("+")
+    if split not in ("", "split"):
+      raise SystemExit(f"unknown resume case {case!r}")
+    specs, axis_type = RESUME_CASES[layout]
+    tx = _resume_tx(alias_name, split == "split")
+    t, bad, saved = 0, [], None
+    for phase, (devices, steps) in enumerate(RESUME_PHASES):
+      mesh = jax.make_mesh((devices,), ("d",), axis_types=(axis_type,),
+                           devices=jax.devices()[:devices])
+      target = _restore_target(tx, mesh, specs)
+      with jax.set_mesh(mesh):
+        if saved is None:
+          params = {k: jax.device_put(v, NamedSharding(mesh, specs[k]))
+                    for k, v in params0.items()}
+          tree = {"params": params, "opt_state": tx.init(params)}
+        else:
+          tree = checkpointer.restore(saved, target)
+          for (path, leaf), want in zip(
+              jax.tree_util.tree_leaves_with_path(tree),
+              jax.tree.leaves(target)):
+            if not leaf.sharding.is_equivalent_to(want.sharding, leaf.ndim):
+              bad.append(f"phase {phase}: {jax.tree_util.keystr(path)} is "
+                         f"{leaf.sharding}, want {want.sharding}")
+        run = jax.jit(lambda g, s, p, tx=tx: _apply(tx, g, s, p))
+        params, state = tree["params"], tree["opt_state"]
+        for _ in range(steps):
+          grads = {k: jax.device_put(v, NamedSharding(mesh, specs[k]))
+                   for k, v in _grads(t).items()}
+          params, state = run(grads, state, params)
+          t += 1
+        saved = os.path.join(directory, f"{alias_name}-{case}-{phase}")
+        checkpointer.save(saved, {"params": params, "opt_state": state})
+        checkpointer.wait_until_finished()
+    params_vs_bound = max(
+        _rel(np.asarray(params[k]) - params0[k],
+             np.asarray(want_params[k]) - params0[k]) / bound[k]
+        for k in SHAPES)
+    state_err = max((_rel(a, b) for a, b in zip(
+        jax.tree.leaves(state), jax.tree.leaves(want_state))), default=0.0)
+    report[case] = {"params_vs_bound": params_vs_bound,
+                    "state_vs_single_device": state_err,
+                    "steps": t, "restore_mismatches": bad}
+  return report
 
 
 def main(argv):
@@ -365,6 +507,10 @@ def main(argv):
       reports[check] = cmd_flops()
     elif command == "example" and not rest:
       reports[check] = cmd_example()
+    elif command == "resume" and len(rest) == 2:
+      import tempfile
+      with tempfile.TemporaryDirectory() as directory:
+        reports[check] = cmd_resume(rest[0], rest[1].split(","), directory)
     else:
       raise SystemExit(f"unknown check {check!r}")
   print(json.dumps(reports))

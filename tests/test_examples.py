@@ -290,28 +290,46 @@ def _compare(task, optimizers, steps, out, *extra):
       "--seed", "3", *extra])
 
 
+def _compare_defaults(task, steps, out):
+  """compare.py --task TASK at its own defaults, --steps shortened."""
+  return compare.main(["--task", task, "--steps", str(steps), "--out",
+                       str(out)])
+
+
+DEFAULTS = ",".join(registry.DEFAULT_OPTIMIZERS)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("task, metric, optimizers, steps, lr", [
-    ("image", "test_accuracy", "adamw,muon", 12, None),
-    ("implicit", "psnr", "adamw,muon,adamuon,mommuon,ogsignmuon,normuon", 12,
-     "adamw=0.0123"),
-])  # lm: test_compare_lm_trains_records_max_logits_and_qk_clip_caps_them
-def test_compare_trains_every_optimizer(tmp_path, capsys, task, metric,
-                                        optimizers, steps, lr):
-  """Every optimizer trains; --lr NAME=VALUE sets one optimizer's learning
-  rate (the others keep the task's defaults)."""
-  record = _compare(task, optimizers, steps, tmp_path / "out",
-                    *(("--lr", lr) if lr else ()))
+@pytest.mark.parametrize("task, metric", [
+    ("image", "test_accuracy"), ("implicit", "psnr"),
+    pytest.param("lm", "val_loss", marks=pytest.mark.integration),
+])
+def test_compare_at_its_defaults_trains_every_default_optimizer(
+    tmp_path, capsys, task, metric):
+  """The command a user runs first, compare.py --task TASK, with only
+  --steps shortened: the task's own model, data, learning rates and
+  evaluations; every default optimizer trains (_check_compare_run)."""
+  steps = 12
+  record = _compare_defaults(task, steps, tmp_path / "out")
   _check_compare_run(tmp_path / "out", record, capsys.readouterr().out, task,
-                     metric, optimizers, steps)
-  if lr:
-    name, value = lr.split("=")
-    rates = {r["optimizer"]: r["learning_rate"] for r in record["runs"]}
-    assert rates[name] == float(value)
-    for other, rate in rates.items():
-      if other != name:
-        assert rate == registry.default_lr(
-            other, tasks.get(task).LEARNING_RATES), other
+                     metric, DEFAULTS, steps)
+  assert record["seed"] == 0 and record["options"].get("tiny", False) is False
+  for run in record["runs"]:
+    assert [s for s, _ in run["eval_history"]] == training.eval_steps(
+        steps, 10)
+
+
+@pytest.mark.slow
+def test_compare_lr_sets_one_optimizers_rate(tmp_path, capsys):
+  """--lr NAME=VALUE sets one optimizer's learning rate, the others keep
+  the task's defaults; NorMuon (not a default optimizer) trains too."""
+  lr, optimizers = "adamw=0.0123", "adamw,normuon"
+  record = _compare("implicit", optimizers, 12, tmp_path / "out", "--lr", lr)
+  _check_compare_run(tmp_path / "out", record, capsys.readouterr().out,
+                     "implicit", "psnr", optimizers, 12)
+  rates = {r["optimizer"]: r["learning_rate"] for r in record["runs"]}
+  assert rates == {"adamw": 0.0123, "normuon": registry.default_lr(
+      "normuon", tasks.get("implicit").LEARNING_RATES)}
 
 
 @pytest.mark.slow
@@ -328,14 +346,14 @@ def test_compare_lr_override_options_and_sweep(tmp_path):
   first, last = ([r["history"][0][1] - r["history"][-1][1]]
                  for r in record["runs"])
   assert last > first
-  # --lr NAME=VALUE: in test_compare_trains_every_optimizer[implicit...].
+  # --lr NAME=VALUE: in test_compare_lr_sets_one_optimizers_rate.
 
 
 @pytest.mark.slow
 def test_compare_lm_trains_records_max_logits_and_qk_clip_caps_them(
     tmp_path, capsys):
   """compare.py --task lm --qk-clip TAU trains Muon like the other tasks
-  (test_compare_trains_every_optimizer's checks; as ``muon~tagged``: a
+  (_check_compare_run's checks; as ``muon~tagged``: a
   ``~TAG`` suffix names one more run of a preset; AdamW trains on lm, and
   records its logits unclipped, in
   test_compare_lm_gpt2_small_bf16_reports_tokens_and_target) and records
@@ -401,9 +419,112 @@ def test_bad_arguments_are_reported(capsys, argv, expected):
   assert expected in capsys.readouterr().err
 
 
-# examples/sharded_train.py runs on 8 devices in test_sharding.py (in the
-# worker process of its other 8-device checks) and on two processes in
-# test_multihost.py.
+# examples/sharded_train.py runs at its defaults on 8 devices in
+# test_sharding.py (in the worker process of its other 8-device checks; with
+# a resume) and on two processes in test_multihost.py.
+
+
+# ----------------------------------------------- checkpoints and resume (#21)
+
+
+def _same_runs(got, want):
+  """Two results.json records hold the same runs: every loss, evaluation
+  and final loss to the last bit (the timings aside)."""
+  keys = ("optimizer", "learning_rate", "history", "eval_history",
+          "final_train_loss", "eval_metric", "steps_to_target")
+  assert [{k: r[k] for k in keys} for r in got["runs"]] == [
+      {k: r[k] for k in keys} for r in want["runs"]]
+
+
+@pytest.mark.slow
+def test_compare_resumes_the_same_runs_and_refuses_other_ones(tmp_path,
+                                                             capsys):
+  """compare.py --checkpoint-dir, then --resume as after a crash during the
+  second of two runs just after its step-3 save (its later checkpoints
+  removed): the first, finished run is read back, the second continues from
+  step 3 (model, optimizer state, data position, history), and the record
+  is the uninterrupted one's, to the last bit. A folder with checkpoints
+  without --resume, and --resume with another seed, are one-line errors
+  that name the folder or the setting."""
+  import shutil
+
+  ckpt = tmp_path / "ckpt"
+  argv = ["--checkpoint-dir", str(ckpt), "--checkpoint-every", "3",
+          "--checkpoint-keep", "5"]
+  want = _compare("implicit", "muon,adamw", 8, tmp_path / "a", *argv)
+  assert sorted(p.name for p in (ckpt / "adamw").iterdir()) == ["3", "6", "8"]
+  for step in ("6", "8"):
+    shutil.rmtree(ckpt / "adamw" / step)
+  got = _compare("implicit", "muon,adamw", 8, tmp_path / "b", *argv,
+                 "--resume")
+  out = capsys.readouterr().out
+  assert "muon: resumed from step 8" in out
+  assert "adamw: resumed from step 3" in out
+  _same_runs(got, want)
+  assert [r["resumed_from"] for r in got["runs"]] == [8, 3]
+  again = ["--task", "implicit", "--tiny", "--steps", "8", "--optimizers",
+           "muon", "--out", str(tmp_path / "x"), "--num-evals", "1",
+           "--no-progress", "--seed", "3", *argv]
+  for extra, message in (([], "already holds checkpoints (latest step 8)"),
+                         (["--resume", "--seed", "4"],
+                          "seed: checkpoint 3, this run 4")):
+    with pytest.raises(SystemExit) as info:
+      compare.main(again + extra)  # the last --seed counts
+    text = str(info.value.code)
+    assert text.startswith("compare.py: error:") and message in text, text
+    assert "\n" not in text
+
+
+@pytest.mark.integration
+def test_compare_killed_after_a_save_resumes_to_the_same_final_loss(
+    tmp_path):
+  """compare.py in a subprocess, killed with SIGKILL as soon as its first
+  run's step-10 checkpoint is on disk (mid-run: 40 steps, a save every 5;
+  maybe mid-save of a later one, which orbax's atomic rename leaves
+  unused), then the same command with --resume: every run's history and
+  final loss equal an uninterrupted run's with the same seed, to the last
+  bit (the CPU is deterministic)."""
+  import os
+  import signal
+  import subprocess
+  import sys
+  import time
+
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env["PYTHONPATH"] = os.pathsep.join(
+      p for p in (root, env.get("PYTHONPATH")) if p)
+  base = [sys.executable, os.path.join(root, "examples", "compare.py"),
+          "--task", "implicit", "--tiny", "--steps", "40", "--optimizers",
+          "muon,adamw", "--num-evals", "2", "--no-progress", "--seed", "1"]
+  ckpt = tmp_path / "ckpt"
+  argv = ["--checkpoint-dir", str(ckpt), "--checkpoint-every", "5"]
+  subprocess.run([*base, "--out", str(tmp_path / "a")], cwd=root, env=env,
+                 check=True, capture_output=True, timeout=600)
+  proc = subprocess.Popen([*base, "--out", str(tmp_path / "b"), *argv],
+                          cwd=root, env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE)
+  try:
+    deadline = time.monotonic() + 600
+    while not (ckpt / "muon" / "10").is_dir():
+      assert proc.poll() is None, proc.communicate()[1][-3000:]
+      assert time.monotonic() < deadline
+      time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+  finally:
+    proc.kill()
+    proc.communicate()
+  assert proc.returncode == -signal.SIGKILL
+  assert not (tmp_path / "b" / "results.json").exists()
+  done = subprocess.run([*base, "--out", str(tmp_path / "b"), *argv,
+                         "--resume"], cwd=root, env=env, capture_output=True,
+                        text=True, timeout=600)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert "muon: resumed from step" in done.stdout, done.stdout
+  want, got = (json.loads((tmp_path / d / "results.json").read_text())
+               for d in "ab")
+  _same_runs(got, want)
+  assert got["runs"][0]["resumed_from"] >= 10
 
 
 # ------------------------------------------- presets, bf16, throughput (#13)
@@ -530,7 +651,7 @@ def test_compare_lm_gpt2_small_bf16_reports_tokens_and_target(tmp_path,
       "n_heads": 12, "seq_len": 16, "vocab_size": 256, "batch_size": 4,
       "dtype": "bfloat16", "param_dtype": "float32"}
   # AdamW trains on the lm task (the checks of
-  # test_compare_trains_every_optimizer) and records the attention logits.
+  # _check_compare_run) and records the attention logits.
   _check_results(record, "lm", 6, ["adamw"], "val_loss")
   (run,) = record["runs"]
   assert all(math.isfinite(v) for _, v in run["history"])

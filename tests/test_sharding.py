@@ -22,6 +22,7 @@ import pytest
 
 import optax_muon as om
 from tests import _sharding_worker as sw
+from tests import _sweeps
 from tests import reference as ref
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -66,8 +67,43 @@ def _worker(*checks):
   return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+# The resume case of the worker in `make test` (every alias and case:
+# test_resume_on_other_meshes_every_alias_and_layout, integration).
+RESUME_FAST = "resume:muon:fsdp_explicit+split"
+
+
+def check_resume_report(report):
+  """A ``resume:`` report of the worker: every case ran all its steps,
+  each restored array is laid out as its target on the new mesh, and the
+  params and state match the uninterrupted one-device run within the
+  float32 bound (sw.F32_RTOL per step: sw.cmd_resume). The state is held
+  to the one-step bound: its EMAs average the per-step errors, and the
+  momenta see the same gradients (elementwise, so exactly equal)."""
+  for case, r in report.items():
+    assert r["steps"] == sum(n for _, n in sw.RESUME_PHASES), (case, r)
+    assert r["restore_mismatches"] == [], (case, r["restore_mismatches"])
+    assert r["params_vs_bound"] < 1.0, (case, r)
+    assert r["state_vs_single_device"] < sw.F32_RTOL, (case, r)
+
+
+def check_example_output(out, devices, processes):
+  """What examples/sharded_train.py prints: the cluster, the split, losses
+  that fall, and the MLP kernel (64, 256) with its first moment (Muon's
+  momentum or AdamW's mu, wherever the routing sent it) FSDP-sharded on
+  its 256 axis. Returns the losses."""
+  assert f"{devices} devices (cpu), {processes} process(es)" in out, out
+  assert "ns_mesh_axis=data" in out, out
+  assert "blocks[0].mlp.fc.kernel (64, 256): P(None, 'data')" in out, out
+  assert re.search(r"after training: blocks\[0\]\.mlp\.fc\.kernel "
+                   r"P\(None, 'data'\) \((muon|adamw)\), its momentum "
+                   r"P\(None, 'data'\)", out), out
+  losses = [float(x) for x in re.findall(r"loss (\d+\.\d+) ", out)]
+  assert len(losses) >= 2 and all(np.isfinite(losses)), out
+  return losses
+
+
 @pytest.mark.slow
-def test_on_8_devices_steps_flops_and_the_sharded_train_example():
+def test_on_8_devices_steps_flops_resume_and_the_sharded_train_example():
   """One worker process on 8 devices runs every multi-device check.
 
   Steps, for each alias of WORKER_LAYOUTS: two steps with params laid out
@@ -79,13 +115,19 @@ def test_on_8_devices_steps_flops_and_the_sharded_train_example():
   Flops: 16 replicated kernels on 8 devices: with ns_mesh_axis each device
   orthogonalises 2 of them instead of 16 (ideal ratio 0.125).
 
-  Example: examples/sharded_train.py --simulate 8 (one process): its loss
-  falls, and FSDP params and their momentum stay sharded.
+  Resume (RESUME_FAST): Muon, FSDP, Explicit axes, ns_mesh_axis, saved and
+  restored 8 -> 4 -> 1 -> 8 devices (check_resume_report).
+
+  Example: examples/sharded_train.py at its defaults on 8 devices, 10
+  steps, with checkpoints at steps 5 and 10: its loss falls, FSDP params
+  and their momentum stay sharded; resumed from step 5 (the step-10
+  checkpoint removed, as by a crash before it was written), it ends at the
+  same loss, to the last bit.
   """
   assert set().union(*WORKER_LAYOUTS.values()) == set(sw.LAYOUTS)
   steps = {alias: f"steps:{alias}:{','.join(layouts)}"
            for alias, layouts in WORKER_LAYOUTS.items()}
-  reports = _worker(*steps.values(), "flops", "example")
+  reports = _worker(*steps.values(), "flops", RESUME_FAST, "example")
   for alias, check in steps.items():
     report = reports[check]
     assert set(report["layouts"]) == set(WORKER_LAYOUTS[alias]), alias
@@ -99,14 +141,35 @@ def test_on_8_devices_steps_flops_and_the_sharded_train_example():
   flops = reports["flops"]
   assert flops["no_split"] > 0
   assert flops["ratio"] <= 0.25, flops
+  check_resume_report(reports[RESUME_FAST])
   example = reports["example"]
-  assert example["argv"][:2] == ["--simulate", "8"]
+  assert example["argv"][:4] == ["--simulate", "8", "--steps", "10"]
   out = example["stdout"]
-  assert "8 devices" in out and "ns_mesh_axis=data" in out, out
-  losses = [float(x) for x in re.findall(r"loss (\d+\.\d+)", out)]
-  assert len(losses) >= 2 and losses[-1] < losses[0] - 0.5, out
-  assert re.search(r"after training: .*P\(None, 'data'\) its momentum "
-                   r"P\(None, 'data'\)", out), out
+  losses = check_example_output(out, 8, 1)
+  assert losses[-1] < losses[0] - 0.5, out
+  resumed = example["resumed_stdout"]
+  assert "resumed from step 5" in resumed, resumed
+  assert "step    6  loss" in resumed and "step    1 " not in resumed
+  final = re.findall(r"final loss (\S+) at step 10", out)
+  assert final and re.findall(r"final loss (\S+) at step 10",
+                              resumed) == final, (out, resumed)
+
+
+def _resume_cases():
+  return [f"{layout}{split}" for layout in sw.RESUME_CASES
+          for split in ("", "+split")]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("alias", list(_sweeps.ALIASES))
+def test_resume_on_other_meshes_every_layout(alias):
+  """Every alias of tests/_sweeps.py (one worker each), FSDP and replicated
+  params, Auto and Explicit axes, with and without ns_mesh_axis: saved on 8
+  devices, restored onto 4, then 1, then 8 (check_resume_report)."""
+  check = f"resume:{alias}:{','.join(_resume_cases())}"
+  report = _worker(check)[check]
+  assert set(report) == set(_resume_cases()), report
+  check_resume_report(report)
 
 
 # ----------------------------------------------------- on one device ----
