@@ -176,7 +176,9 @@ class VocabMatch(NamedTuple):
       is ``vocab_size`` (heads by name included).
     heads: the paths the rule made heads: ``matched`` when it has one entry
       (or ``vocab_size`` was given explicitly), else none.
-    kept: matched leaves that stay in Muon because the match is ambiguous.
+    kept: matched leaves that stay in Muon because the match is ambiguous
+      (none when one of the matches is a head by its name: then the others
+      are hidden layers, and nothing is ambiguous).
   """
 
   vocab_size: int | None
@@ -275,7 +277,11 @@ def _label_tree(params, *, adamw_names, muon_names, min_ndim, batch_axes,
     kept: tuple[str, ...] = ()
   else:
     heads = ()
-    kept = tuple(w for w in matched if by_name[w] is None)
+    # A match that is a head by its name (``head``, ``lm_head``) settles
+    # it: the other matches are hidden layers as wide as the vocabulary.
+    named_head = any(by_name[w] == ADAMW for w in matched)
+    kept = () if named_head else tuple(
+        w for w in matched if by_name[w] is None)
   head_set = set(heads)
 
   def label(path, leaf):
@@ -314,6 +320,10 @@ def vocab_note(match: VocabMatch) -> str | None:
   if match.heads:
     return (f"vocabulary {v} (vocab_size given): the matrices with fan-out "
             f"{v} are heads: {_summary(match.heads)}.")
+  if not match.kept:
+    return (f"vocabulary {v} (token embedding's rows): {len(match.matched)} "
+            f"matrices have fan-out {v} ({_summary(match.matched)}); the "
+            "head among them is named as one, so the others stay in Muon.")
   return (f"vocabulary {v} (token embedding's rows): {len(match.matched)} "
           f"matrices have fan-out {v} ({_summary(match.matched)}): ambiguous, "
           "so none is made a head by its shape.")
@@ -375,7 +385,8 @@ def muon_labels(
      When several match (a hidden layer as wide as the vocabulary:
      ``(64, 256)`` MLP kernels with a byte vocabulary, a Llama with
      ``intermediate_size == vocab_size``), none is made a head by its
-     shape, and a ``UserWarning`` names them;
+     shape, and a ``UserWarning`` names them -- unless one of them is a
+     head by its name (rule 4), which settles it: the others stay in Muon;
   7. every other leaf is ``"muon"``.
 
   The vocabulary is ``vocab_size`` (then every matrix with that fan-out is

@@ -102,26 +102,39 @@ def test_zoo_defaults_are_right_or_warned(name):
 def test_sharded_train_vocabulary_collision():
   # examples/sharded_train.py at its defaults: byte vocabulary 256, d_model
   # 64, so every blocks/*/mlp/fc/kernel is (64, 256) like the head.
+  # Its head is named ``head``, which settles the match: no warning, and
+  # describe names the matches.
   case = _case("sharded-train-gpt")
-  with pytest.warns(UserWarning, match=r"blocks/\*/mlp/fc/kernel \(x2\)"):
-    labels = om.muon_labels(case.params)
-  assert labels["blocks"][0]["mlp"]["fc"]["kernel"] == "muon"
-  assert labels["head"]["kernel"] == "adamw"
-  text = om.describe(case.params)
-  assert "3 matrices have fan-out 256" in text and "ambiguous" in text
-  # The advice silences it and names the head.
   with warnings.catch_warnings():
     warnings.simplefilter("error")
-    named = om.muon_labels(case.params, adamw_names=om.EMBEDDING_NAMES
-                           + om.HEAD_NAMES + ("head",), vocab_size=None)
-  assert named == labels
+    labels = om.muon_labels(case.params)
+  assert labels["blocks"][0]["mlp"]["fc"]["kernel"] == "muon"
+  assert labels["blocks"][1]["mlp"]["fc"]["kernel"] == "muon"
+  assert labels["head"]["kernel"] == "adamw"
+  text = om.describe(case.params)
+  assert "3 matrices have fan-out 256 (blocks/*/mlp/fc/kernel (x2), " \
+      "head/kernel); the head among them is named as one" in text
+  # Renamed so that no name marks the head, the match is ambiguous: a
+  # warning names all three, and none is made a head by its shape.
+  renamed = dict(case.params)
+  renamed["to_vocab"] = renamed.pop("head")
+  with pytest.warns(UserWarning, match=r"blocks/\*/mlp/fc/kernel \(x2\)"):
+    ambiguous = om.muon_labels(renamed)
+  assert ambiguous["to_vocab"]["kernel"] == "muon"
+  assert "ambiguous" in om.describe(renamed)
 
 
 def test_llama_intermediate_equal_to_vocabulary():
+  # gate_proj and up_proj are as wide as the vocabulary; lm_head is named.
   case = _case("hf-llama-vocab-collision")
-  with pytest.warns(UserWarning, match="gate_proj/kernel") as record:
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
     labels = om.muon_labels(case.params)
-  assert "up_proj/kernel" in str(record[0].message)
+  text = om.describe(case.params)
+  note = next(line for line in text.splitlines()
+              if line.startswith("vocabulary 32"))
+  assert "gate_proj/kernel" in note and "up_proj/kernel" in note
+  assert "the head among them is named as one" in note
   layer = labels["model"]["layers"]["0"]["mlp"]
   assert layer["gate_proj"]["kernel"] == layer["up_proj"]["kernel"] == "muon"
   assert labels["lm_head"]["kernel"] == "adamw"
