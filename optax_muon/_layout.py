@@ -541,15 +541,9 @@ class _Tracer:
         else:
           self.use(x, _Use("opaque", where, note="used as gather indices"))
       return [_union_heads(ins[1:]) if len(ins) > 1 else _Act(frozenset())]
-    if name == "scan":
-      return self.scan(eqn, ins)
-    if name == "while":
-      return self.while_loop(eqn, ins)
-    if name == "cond":
-      return self.cond(eqn, ins)
-    sub = self.sub_jaxpr(eqn)
-    if sub is not None:
-      return self.run(sub, ins)
+    out = self.nested(eqn, ins)
+    if out is not None:
+      return out
     x = ins[0]
     if name in _SHAPE_IDENTITY and isinstance(x, _View):
       # dynamic_slice's other operands are its start indices, traced or
@@ -601,20 +595,29 @@ class _Tracer:
     self.opaque(ins, where, f"consumed by {name}, which is not followed")
     return [_union_heads(ins)] * n_out
 
+  def nested(self, eqn, ins):
+    """Follows an equation with sub-jaxprs (``scan``, ``while``, ``cond``,
+    ``pjit``, ``remat``, custom derivatives) into them; ``None`` for any
+    other equation."""
+    name = eqn.primitive.name
+    if name == "scan":
+      return self.scan(eqn, ins)
+    if name == "while":
+      return self.while_loop(eqn, ins)
+    if name == "cond":
+      return self.cond(eqn, ins)
+    sub = self.sub_jaxpr(eqn)
+    return None if sub is None else self.run(sub, ins)
+
   def parts_eqn(self, eqn, ins):
     """An equation on activations only, some of whose dimensions are whole
     free axes of a weight: follows those dimensions, and records a weight
     axis whose dimension is taken apart (indexed element by element)."""
     name, params = eqn.primitive.name, eqn.params
     n_out = len(eqn.outvars)
-    if name in ("scan", "while", "cond") or self.sub_jaxpr(eqn) is not None:
-      if name == "scan":
-        return self.scan(eqn, ins)
-      if name == "while":
-        return self.while_loop(eqn, ins)
-      if name == "cond":
-        return self.cond(eqn, ins)
-      return self.run(self.sub_jaxpr(eqn), ins)
+    out = self.nested(eqn, ins)
+    if out is not None:
+      return out
     x, heads = ins[0], _union_heads(ins)
     if not isinstance(x, _Act) or not x.parts:
       if self.elementwise(eqn):
