@@ -62,20 +62,20 @@ from examples.data import pydoc_text  # noqa: E402
 from examples.tasks import lm  # noqa: E402
 
 #: row name -> (label, registry name, learning rates of the seed-0 sweep).
-#: Grids are centred on the lm task's tuned rates (AdamW 1e-3 and Muon 0.02,
-#: from sweeps at 300 steps: examples/README.md). On a 2-core CPU the whole
-#: run must fit about an hour, so the sweeps are three points (factors of 2)
-#: for the baseline, MuonH and the best stack, and the tuned rate alone for
-#: the others.
+#: The default grids are the lm task's tuned rates alone (AdamW 1e-3 and the
+#: Muon family 0.02, from sweeps at 300 steps: examples/README.md; MuonH's
+#: relative step at init equals Muon's lr, docs/ALGORITHMS.md "Hyperball"):
+#: on a 2-core CPU shared with other jobs a 1000-step run takes about five
+#: minutes, and 7 rows x 2 seeds fill the hour. ``--grid`` adds points.
 ROWS = {
     "adamw": ("AdamW", "adamw", (1e-3,)),
-    "muon": ("Muon", "muon", (0.01, 0.02, 0.04)),
+    "muon": ("Muon", "muon", (0.02,)),
     "normuon": ("NorMuon", "normuon", (0.02,)),
     "adamuon": ("AdaMuon", "adamuon", (0.02,)),
-    "muonh": ("MuonH", "muonh", (0.01, 0.02, 0.04)),
+    "muonh": ("MuonH", "muonh", (0.02,)),
     "normuonh": ("NorMuon + Hyperball", "normuonh", (0.02,)),
     "normuonh_pe": ("NorMuon + Polar Express + Hyperball", "normuonh_pe",
-                    (0.01, 0.02, 0.04)),
+                    (0.02,)),
 }
 BASELINE = "muon"
 ADAMW_LR = lm.LEARNING_RATES["adamw"]
@@ -249,7 +249,8 @@ def summarize(payload: dict) -> dict:
       if r:
         targets[s] = r["final_val_loss"]
   timing_info = payload.get("timing", {})
-  for name, g in grid.items():
+  for name in sorted(grid, key=list(ROWS).index):
+    g = grid[name]
     lr = best_lr(runs, name, g)
     if lr is None:
       continue
@@ -399,15 +400,13 @@ def main(argv=None):
           f"{r['step_ms']:.0f} ms/step, {time.time() - t0:.0f} s",
           flush=True)
 
-  # The baseline first (its final loss is every row's target), each row's
-  # centre rate, then the rest of the sweeps, then the other seeds.
-  for name, grid in g.items():
-    do(name, grid[len(grid) // 2], 0)
+  # Row by row, in the order of --rows (the baseline first: its final loss
+  # is every row's target): the seed-0 sweep, then the best rate at the
+  # other seeds, so that a run stopped early leaves whole rows.
   for name, grid in g.items():
     for lr in grid:
       do(name, lr, 0)
-  for seed in range(1, args.seeds):
-    for name, grid in g.items():
+    for seed in range(1, args.seeds):
       do(name, best_lr(payload["runs"], name, grid), seed)
   if not args.no_timing and "timing" not in payload:
     payload["timing"] = timing(task, list(g), args)

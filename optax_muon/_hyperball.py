@@ -64,7 +64,8 @@ def hyperball(
   step's size relative to the weight: ``||W' - W||_F = lr * R``, whatever
   the scale of ``U``, and ``||W||_F`` stays ``R`` (to rounding; ``R`` is
   kept in the state, not re-read from weights that drift). A zero ``U``
-  leaves ``W`` unchanged (the update is exactly 0).
+  leaves ``W`` unchanged (the update is exactly 0); a non-finite ``U`` makes
+  the matrix's update NaN.
 
   Matrices that are all zeros at init (zero-initialised output projections,
   as in modded-nanogpt) have no norm to keep. They get the radius of a
@@ -76,12 +77,12 @@ def hyperball(
   intends, and once they reach the sphere they stay on or inside it.
 
   Learning rate from a tuned Muon: ``lr`` is the relative step size that
-  decoupled weight decay only reaches at equilibrium, ``sqrt(lr * wd)`` up
-  to a constant of order 1 (Levanter's ``muonh`` note; Kosson et al.,
-  "Rotational Equilibrium", 2024, https://arxiv.org/abs/2305.17212). With
-  the spectral shape scale and LeCun-init weights, Muon's own ``lr`` is also
-  its relative step at init, so a tuned Muon ``lr`` without weight decay is
-  a starting point (docs/ALGORITHMS.md, "Hyperball", has the numbers).
+  decoupled weight decay reaches only at equilibrium, ``sqrt(2 lr wd)``
+  (Kosson et al., "Rotational Equilibrium", 2024,
+  https://arxiv.org/abs/2305.17212), hence Levanter's rule ``lr_H ~
+  sqrt(lr * wd)``. Without weight decay, Muon's relative step at init is
+  its ``lr`` itself (spectral shape scale, LeCun-init weights), so a tuned
+  Muon ``lr`` is a starting point (docs/ALGORITHMS.md, "Hyperball").
   Decoupled weight decay before it only changes the direction (its radial
   part is projected away); it is not needed.
 
@@ -172,7 +173,9 @@ def hyperball(
                               jnp.float32)
       w, d = p.astype(acc), u.astype(acc)
       d_norm = _norm(d, axes)
-      moving = d_norm > 0
+      # A NaN norm counts as moving, so a non-finite direction gives a NaN
+      # update (as every Muon-family leaf does), not a silent zero.
+      moving = d_norm != 0
       unit = d / jnp.where(moving, d_norm, jnp.ones_like(d_norm))
       w1 = w - (lr * r).astype(acc) * unit
       w1_norm = _norm(w1, axes)
