@@ -14,7 +14,7 @@ validation loss (mean and range over seeds), the steps it takes to reach
 Muon's final validation loss of the same seed (linearly interpolated
 between evaluations), its ratio to Muon's own, and the wall time per
 training step, timed round-robin over all rows in one process at the end
-(``_common.interleaved``: medians of ``--timing-reps`` windows of 20 steps),
+(``_common.interleaved``: medians of ``--timing-reps`` windows of 10 steps),
 as a ratio to Muon's.
 
 Every finished run is written to the JSON at once, and a rerun with the same
@@ -79,7 +79,7 @@ ROWS = {
 }
 BASELINE = "muon"
 ADAMW_LR = lm.LEARNING_RATES["adamw"]
-TIMING_WINDOW = 20
+TIMING_WINDOW = 10
 
 
 def parse_args(argv=None):
@@ -101,6 +101,12 @@ def parse_args(argv=None):
   p.add_argument("--cooldown", type=float, default=0.3)
   p.add_argument("--timing-reps", type=int, default=5)
   p.add_argument("--no-timing", action="store_true")
+  p.add_argument("--timing-only", action="store_true",
+                 help="only (re)measure the step times, then report")
+  p.add_argument("--whole-rows", type=int, default=None,
+                 help="run the first N rows of --rows seed after seed, then "
+                 "the others' seed 0, then their other seeds (default: all "
+                 "rows whole)")
   p.add_argument("--report", action="store_true",
                  help="only print the table and draw the plot from --out")
   return p.parse_args(argv)
@@ -198,7 +204,7 @@ def timing(task, names, args) -> dict:
   cands = {}
   for name in names:
     model = task.make_model(nnx.Rngs(0))
-    tx, _ = build(name, ROWS[name][2][1], args)
+    tx, _ = build(name, ROWS[name][2][0], args)
     opt = nnx.Optimizer(model, tx, wrt=nnx.Param)
     step = training.make_max_logits_train_step(task.max_logits_loss,
                                                clip=False)
@@ -378,12 +384,14 @@ def main(argv=None):
         "another --out")
   if payload is None:
     payload = {"machine": _common.machine(), "runs": {}}
+  payload.pop("command", None)  # an earlier version's single record
+  command = "python " + " ".join(shlex.quote(a) for a in [
+      "benchmarks/steps_to_target.py", *(sys.argv[1:] if argv is None
+                                         else argv)])
   payload.update(config=config, grids={k: list(v) for k, v in g.items()},
-                 command="python " + " ".join(
-                     shlex.quote(a) for a in [
-                         "benchmarks/steps_to_target.py", *(argv or
-                                                            sys.argv[1:])]),
                  plot=args.plot)
+  # Every invocation that wrote to this file, in order.
+  payload.setdefault("commands", []).append(command)
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
   task = make_task(args)
   print(task.summary, flush=True)
@@ -400,16 +408,29 @@ def main(argv=None):
           f"{r['step_ms']:.0f} ms/step, {time.time() - t0:.0f} s",
           flush=True)
 
-  # Row by row, in the order of --rows (the baseline first: its final loss
-  # is every row's target): the seed-0 sweep, then the best rate at the
-  # other seeds, so that a run stopped early leaves whole rows.
-  for name, grid in g.items():
-    for lr in grid:
-      do(name, lr, 0)
+  names = list(g)
+  whole = names if args.whole_rows is None else names[:args.whole_rows]
+  if not args.timing_only:
+    # Row by row, in the order of --rows (the baseline first: its final loss
+    # is every row's target): the seed-0 sweep, then the best rate at the
+    # other seeds, so that a run stopped early leaves whole rows; rows after
+    # --whole-rows get seed 0 before any of them gets another seed.
+    for name in whole:
+      for lr in g[name]:
+        do(name, lr, 0)
+      for seed in range(1, args.seeds):
+        do(name, best_lr(payload["runs"], name, g[name]), seed)
+    rest = [n for n in names if n not in whole]
+    for name in rest:
+      for lr in g[name]:
+        do(name, lr, 0)
     for seed in range(1, args.seeds):
-      do(name, best_lr(payload["runs"], name, grid), seed)
-  if not args.no_timing and "timing" not in payload:
-    payload["timing"] = timing(task, list(g), args)
+      for name in rest:
+        do(name, best_lr(payload["runs"], name, g[name]), seed)
+  if args.timing_only or (not args.no_timing and "timing" not in payload):
+    measured = [n for n in names if any(
+        r["row"] == n for r in payload["runs"].values())]
+    payload["timing"] = timing(task, measured, args)
     save(path, payload)
   report(payload, path)
 
