@@ -292,6 +292,16 @@ def fmt(x, spec=".3f"):
   return "—" if x is None else format(x, spec)
 
 
+def meets_target(r) -> bool | None:
+  """Issue 20's target: at most 0.80x Muon's steps on every seed, at most
+  1.1x Muon's wall time per step; ``None`` if not measured."""
+  ratios = [r["ratio_to_muon_steps"].get(s) for s in r["seeds"]]
+  t = (r["timing"] or {}).get("ratio_to_muon")
+  if len(ratios) < 2 or t is None:
+    return None
+  return all(x is not None and x <= 0.80 for x in ratios) and t <= 1.1
+
+
 def markdown(payload, summary) -> str:
   rows = []
   for r in summary["rows"].values():
@@ -301,17 +311,22 @@ def markdown(payload, summary) -> str:
     t = r["timing"] or {}
     edge = (" (edge)" if r["best_at_grid_edge"]
             and len(r["sweep_final_val_loss"]) > 1 else "")
+    met = {True: "yes", False: "no", None: "—"}[meets_target(r)]
     rows.append([
-        r["label"], f"{r['best_learning_rate']:g}{edge}",
+        r["label"], f"{r['best_learning_rate']:g}{edge}", len(r["seeds"]),
         f"{fmt(r['final_val_loss_mean'], '.4f')} ({fmt(lo, '.4f')}–"
         f"{fmt(hi, '.4f')})",
         " / ".join(fmt(s, ".0f") for s in steps),
         " / ".join(fmt(x, ".2f") for x in ratios),
-        fmt(t.get("median_ms"), ".1f"), fmt(t.get("ratio_to_muon"), ".2f")])
+        fmt(t.get("median_ms"), ".1f"), fmt(t.get("ratio_to_muon"), ".2f"),
+        met])
+  targets = ", ".join(f"seed {s}: {v:.4f}"
+                      for s, v in sorted(summary["targets"].items()))
   return _common.table(rows, [
-      "optimizer", "best lr", "final val loss, mean (range)",
-      "steps to Muon's final (per seed)", "ratio to Muon (per seed)",
-      "ms/step", "ms/step vs Muon"])
+      "optimizer", "lr", "seeds", "final val loss, mean (range)",
+      "steps to Muon's final, per seed", "ratio to Muon, per seed",
+      "ms/step", "vs Muon", "<= 0.80x steps, <= 1.1x ms"]) + (
+          f"\n\nMuon's final validation loss (the target): {targets}.")
 
 
 def plot(payload, summary, path):

@@ -293,3 +293,25 @@ def test_orbax_checkpoint_resumes_bit_identically(tmp_path):
   got = train(restored["params"], restored["opt_state"], range(2, 5))
   chex.assert_trees_all_equal(got, want)
   chex.assert_trees_all_equal_dtypes(got[1], want[1])
+
+
+def test_after_adam_for_a_head_adamh():
+  """``chain(scale_by_adam, hyperball)``, AdamH on an output head: Adam's
+  bias-corrected direction (NumPy), then the reference Hyperball step."""
+  rng = np.random.default_rng(0)
+  params = {"head": jnp.asarray(0.02 * rng.standard_normal((8, 16)),
+                                jnp.float32)}
+  tx = optax.chain(optax.scale_by_adam(b1=0.9, b2=0.95), om.hyperball(0.05))
+  step = _step(tx)
+  state = tx.init(params)
+  w = np.asarray(params["head"], np.float64)
+  radius, _ = ref.hyperball_radius(w)
+  m = v = np.zeros_like(w)
+  for t in range(1, 4):
+    g = rng.standard_normal((8, 16))
+    params, state = step(params, state, {"head": jnp.asarray(g, jnp.float32)})
+    m, v = 0.9 * m + 0.1 * g, 0.95 * v + 0.05 * g * g
+    u = (m / (1 - 0.9**t)) / (np.sqrt(v / (1 - 0.95**t)) + 1e-8)
+    w = ref.hyperball_step(w, u, 0.05, radius)
+    np.testing.assert_allclose(np.asarray(params["head"]), w, rtol=1e-5,
+                               atol=1e-7)
