@@ -104,7 +104,9 @@ def parse_args(argv=None):
   p.add_argument("--timing-reps", type=int, default=5)
   p.add_argument("--no-timing", action="store_true")
   p.add_argument("--timing-only", action="store_true",
-                 help="only (re)measure the step times, then report")
+                 help="only measure the step times of --rows, into "
+                 "<out>_timing.json (so it may run beside the training "
+                 "runs); the report reads them from there")
   p.add_argument("--whole-rows", type=int, default=None,
                  help="run the first N rows of --rows seed after seed, then "
                  "the others' seed 0, then their other seeds (default: all "
@@ -245,6 +247,10 @@ def crossing(history, target) -> float | None:
   return None
 
 
+def timing_path(path: str) -> str:
+  return os.path.splitext(path)[0] + "_timing.json"
+
+
 def summarize(payload: dict) -> dict:
   runs, grid = payload["runs"], payload["grids"]
   seeds = payload["config"]["seeds"]
@@ -364,6 +370,9 @@ def plot(payload, summary, path):
 
 
 def report(payload, path):
+  if "timing" not in payload and os.path.exists(timing_path(path)):
+    with open(timing_path(path)) as f:
+      payload["timing"] = json.load(f)["timing"]
   summary = summarize(payload)
   payload["summary"] = summary
   save(path, payload)
@@ -393,6 +402,16 @@ def main(argv=None):
     return
   g = grids(args)
   config = {**config_of(args), "seeds": args.seeds}
+  if args.timing_only:
+    task = make_task(args)
+    save(timing_path(path), {
+        "machine": _common.machine(), "config": config,
+        "command": "python " + " ".join(shlex.quote(a) for a in [
+            "benchmarks/steps_to_target.py", *(sys.argv[1:] if argv is None
+                                               else argv)]),
+        "timing": timing(task, list(g), args)})
+    print(f"wrote {timing_path(path)}")
+    return
   if payload is not None and {
       k: v for k, v in payload["config"].items() if k != "seeds"} != {
           k: v for k, v in config.items() if k != "seeds"}:
@@ -444,7 +463,7 @@ def main(argv=None):
     for seed in range(1, args.seeds):
       for name in rest:
         do(name, best_lr(payload["runs"], name, g[name]), seed)
-  if args.timing_only or (not args.no_timing and "timing" not in payload):
+  if not args.no_timing and not args.timing_only and "timing" not in payload:
     measured = [n for n in names if any(
         r["row"] == n for r in payload["runs"].values())]
     payload["timing"] = timing(task, measured, args)
