@@ -20,15 +20,21 @@ as a ratio to Muon's.
 Every finished run is written to the JSON at once, and a rerun with the same
 ``--out`` skips the runs it holds, so the script can be stopped and resumed.
 
-Usage:
-  python benchmarks/steps_to_target.py --out benchmarks/results/steps_to_target.json
-  # width study: Muon and MuonH at d_model 64
-  python benchmarks/steps_to_target.py --d-model 64 --rows muon,muonh \\
-      --seeds 1 --grid muon=0.01,0.02,0.04,0.08 --grid muonh=... \\
-      --no-timing --out benchmarks/results/steps_to_target_d64.json
-  # the table and the plot again, from the JSON alone
-  python benchmarks/steps_to_target.py --report \\
+Usage (the README's table is these three commands; a rerun skips the runs
+its JSON holds):
+  python benchmarks/steps_to_target.py \
+      --rows muon,normuonh_pe,muonh,normuonh,normuon,adamuon,adamw \
+      --whole-rows 3 --no-timing --out benchmarks/results/steps_to_target.json
+  python benchmarks/steps_to_target.py --timing-only \
+      --rows adamw,muon,normuon,adamuon,muonh,normuonh,normuonh_pe \
       --out benchmarks/results/steps_to_target.json
+  python benchmarks/steps_to_target.py --report \
+      --out benchmarks/results/steps_to_target.json
+  # a learning-rate sweep at another width (not run yet on the CPU)
+  python benchmarks/steps_to_target.py --d-model 64 --steps 400 \
+      --rows muon,muonh --grid muon=0.01,0.02,0.04 \
+      --grid muonh=0.005,0.01,0.02 --seeds 1 --no-timing \
+      --out benchmarks/results/steps_to_target_d64.json
 
 Caveat: steps to a target read off one fixed-length schedule overstate what
 a row needs when it is faster than Muon (a schedule that ends at that step
