@@ -377,7 +377,7 @@ def plot(payload, summary, path):
 
 
 def report(payload, path):
-  if "timing" not in payload and os.path.exists(timing_path(path)):
+  if os.path.exists(timing_path(path)):  # the latest --timing-only
     with open(timing_path(path)) as f:
       payload["timing"] = json.load(f)["timing"]
   summary = summarize(payload)
