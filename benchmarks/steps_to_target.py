@@ -326,7 +326,8 @@ def markdown(payload, summary) -> str:
     t = r["timing"] or {}
     edge = (" (edge)" if r["best_at_grid_edge"]
             and len(r["sweep_final_val_loss"]) > 1 else "")
-    met = {True: "yes", False: "no", None: "—"}[meets_target(r)]
+    met = ("(baseline)" if r["label"] == ROWS[BASELINE][0] else
+           {True: "yes", False: "no", None: "—"}[meets_target(r)])
     rows.append([
         r["label"], f"{r['best_learning_rate']:g}{edge}", len(r["seeds"]),
         f"{fmt(r['final_val_loss_mean'], '.4f')} ({fmt(lo, '.4f')}–"
