@@ -774,7 +774,7 @@ def normuon(
 
 
 def muonh(
-    learning_rate: optax.ScalarOrSchedule = 0.02,
+    learning_rate: optax.ScalarOrSchedule = 0.01,
     *,
     momentum: float = 0.95,
     nesterov: bool = True,
@@ -825,7 +825,9 @@ def muonh(
 
   Args:
     learning_rate: the Muon chain's step size relative to each matrix's
-      radius (a float or a schedule); see :func:`hyperball`.
+      radius (a float or a schedule); see :func:`hyperball`. The default,
+      half of Muon's, was the better of 0.01 and 0.02 for MuonH on the lm
+      example (README, "Which optimizer should I use?").
     momentum: EMA coefficient ``beta`` of the momentum buffer, in ``[0, 1)``.
     nesterov: use the Nesterov form ``(1 - beta) g + beta buf``.
     ns_steps: Newton–Schulz steps (an int >= 1).
@@ -910,7 +912,7 @@ def muonh(
 
 
 def normuonh(
-    learning_rate: optax.ScalarOrSchedule = 0.02,
+    learning_rate: optax.ScalarOrSchedule = 0.01,
     *,
     momentum: float = 0.95,
     beta2: float = 0.95,
@@ -954,7 +956,9 @@ def normuonh(
 
   Args:
     learning_rate: the Muon chain's step size relative to each matrix's
-      radius (a float or a schedule); see :func:`hyperball`.
+      radius (a float or a schedule); see :func:`hyperball`. The default,
+      half of Muon's, was the better of 0.01 and 0.02 for MuonH on the lm
+      example (README, "Which optimizer should I use?").
     momentum: EMA coefficient ``beta`` of the momentum buffer, in ``[0, 1)``.
     beta2: EMA coefficient of the per-output-neuron second moment, in
       ``[0, 1)``.
