@@ -198,7 +198,7 @@ def best_lr(runs: dict, name: str, grid) -> float | None:
   done = [(r["final_val_loss"], r["learning_rate"]) for r in runs.values()
           if r["row"] == name and r["seed"] == 0
           and r["learning_rate"] in grid and r["final_val_loss"] is not None]
-  return min(done)[1] if len(done) == len(grid) else None
+  return min(done)[1] if done and len(done) == len(grid) else None
 
 
 def save(path, payload):
