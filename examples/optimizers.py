@@ -69,6 +69,14 @@ OPTIMIZERS: dict[str, tuple[Alias, dict[str, Any]]] = {
     # OGSignMuon with Muon's spectral norm restored (study, not the library's:
     # README "OGSignMuon: why it trails").
     "ogsignmuon_spectral": (ogsignmuon_spectral, {}),
+    # Hyperball (Wen et al., 2025): each hidden matrix kept on the sphere of
+    # its initial norm, a step of relative size lr (benchmarks/
+    # steps_to_target.py).
+    "muonh": (om.muonh, {}),
+    "normuonh": (om.normuonh, {}),
+    # NorMuon + Polar Express + Hyperball: the stack steps_to_target.py
+    # measures as its "best stack" candidate.
+    "normuonh_pe": (om.normuonh, {"ns_coeffs": "polar_express"}),
 }
 
 #: The five optimizers of the comparison (the default ``--optimizers``).

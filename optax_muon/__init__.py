@@ -5,11 +5,14 @@ from optax_muon._aliases import (
     in_float32,
     mommuon,
     muon,
+    muonh,
     normuon,
+    normuonh,
     ogsignmuon,
     static_args,
 )
 from optax_muon._describe import describe
+from optax_muon._hyperball import HyperballState, hyperball
 from optax_muon._labels import (
     EMBEDDING_NAMES,
     HEAD_NAMES,
@@ -60,6 +63,7 @@ __all__ = (
     "Layout",
     "LeafLayout",
     "NON_MATRIX_NAMES",
+    "HyperballState",
     "MatrixAxes",
     "MatrixView",
     "NewtonSchulz",
@@ -72,6 +76,7 @@ __all__ = (
     "adamuon",
     "add_cautious_decayed_weights",
     "describe",
+    "hyperball",
     "in_float32",
     "infer_layout",
     "inverse_sqrt",
@@ -79,7 +84,9 @@ __all__ = (
     "mommuon",
     "muon",
     "muon_labels",
+    "muonh",
     "normuon",
+    "normuonh",
     "ns_coefficients",
     "ns_flops",
     "ogsignmuon",

@@ -28,6 +28,7 @@ from jax.typing import DTypeLike
 
 from optax_muon import (
   _checks,
+  _hyperball,
   _labels,
   _layout,
   _matrix,
@@ -101,7 +102,8 @@ def in_float32(inner: optax.GradientTransformation
 def _alias(scale, *, learning_rate, weight_decay, cautious_weight_decay,
            adamw_learning_rate, adamw_b1, adamw_b2, adamw_eps,
            adamw_weight_decay, param_labels, mu_dtype, batch_axes,
-           matrix_axes=None, layout=None):
+           matrix_axes=None, layout=None, hyperball=False,
+           zero_init_rms=None):
   """The ``multi_transform`` every alias returns, arguments checked.
 
   ``scale`` is the variant's ``scale_by_*`` with every argument but the
@@ -109,10 +111,13 @@ def _alias(scale, *, learning_rate, weight_decay, cautious_weight_decay,
   ``batch_axes``, ``matrix_axes`` and ``layout``, so that an alias needs
   only to pass its own ``param_labels``, ``batch_axes``, ``matrix_axes`` and
   ``layout`` here. (An already built transformation is accepted too, without
-  ``layout``.)
+  ``layout``.) With ``hyperball`` the Muon chain ends in :func:`hyperball`
+  (a step of relative size ``learning_rate`` on each matrix's sphere, seeing
+  the same matrices) instead of ``scale_by_learning_rate``.
   """
   func = getattr(scale, "func", scale)
-  who = "om." + getattr(func, "__name__", "alias").removeprefix("scale_by_")
+  who = ("om." + getattr(func, "__name__", "alias").removeprefix("scale_by_")
+         + ("h" if hyperball else ""))
   _layout.check_exclusive(layout, who, param_labels=param_labels,
                           batch_axes=batch_axes, matrix_axes=matrix_axes)
   _checks.in_range(weight_decay, "weight_decay", 0.0)
@@ -136,7 +141,10 @@ def _alias(scale, *, learning_rate, weight_decay, cautious_weight_decay,
   muon_chain = optax.chain(
       scale,
       _weight_decay.decayed_weights(weight_decay, cautious_weight_decay),
-      optax.scale_by_learning_rate(learning_rate),
+      _hyperball.hyperball(
+          learning_rate, zero_init_rms=zero_init_rms, batch_axes=batch_axes,
+          matrix_axes=matrix_axes) if hyperball
+      else optax.scale_by_learning_rate(learning_rate),
   )
   adamw = in_float32(optax.adamw(
       adamw_learning_rate, b1=adamw_b1, b2=adamw_b2, eps=adamw_eps,
@@ -822,3 +830,287 @@ def normuon(
       adamw_weight_decay=adamw_weight_decay, param_labels=param_labels,
       mu_dtype=mu_dtype, batch_axes=batch_axes, matrix_axes=matrix_axes,
       layout=layout)
+
+
+def muonh(
+    learning_rate: optax.ScalarOrSchedule = 0.01,
+    *,
+    momentum: float = 0.95,
+    nesterov: bool = True,
+    ns_steps: int = 5,
+    ns_coeffs: ns.NsCoeffs = "quintic",
+    ns_dtype: DTypeLike | None = None,
+    shape_scale: str = "spectral",
+    weight_decay: float = 0.0,
+    cautious_weight_decay: bool = False,
+    adamw_learning_rate: optax.ScalarOrSchedule = 3e-4,
+    adamw_b1: float = 0.9,
+    adamw_b2: float = 0.95,
+    adamw_eps: float = 1e-8,
+    adamw_weight_decay: float = 0.0,
+    param_labels: _labels.ParamLabels = None,
+    mu_dtype: DTypeLike | None = None,
+    batch_axes: _matrix.BatchAxes = None,
+    matrix_axes: _matrix.MatrixAxesArg = None,
+    layout: _layout.Layout | None = None,
+    ns_mesh_axis: _mesh.MeshAxis = None,
+    mesh: jax.sharding.Mesh | None = None,
+    tuning: _tuning.Tuning | None = None,
+    zero_init_rms: float | None = None,
+) -> optax.GradientTransformation:
+  """MuonH: Muon's direction on each hidden matrix's sphere, AdamW for the rest.
+
+  Hidden matrices get :func:`scale_by_muon` followed by :func:`hyperball`:
+  each step moves a matrix by ``learning_rate`` times its initial Frobenius
+  norm ``R`` and projects it back to the sphere of radius ``R`` (matrices
+  that start at zero grow inside the ball of a radius from
+  ``zero_init_rms``). Every other leaf (embeddings, output heads, biases,
+  norm scales) gets ``optax.adamw`` as in :func:`muon`.
+
+  References:
+    Wen et al., "Fantastic Pretraining Optimizers and Where to Find Them II:
+    From Weight Decay to Hyperball Optimization", 2025.
+    https://whenwen.github.io/wd_blog/public/hyperball-part-1.html
+
+  Non-finite gradients: a NaN or inf in a Muon leaf's gradient makes that
+  leaf's update NaN and stays in its momentum (other leaves, even ones
+  batched with it, are not affected). To skip such steps wrap the optimizer
+  in ``optax.apply_if_finite(..., max_consecutive_errors=k)``.
+
+  Dtypes and checkpoints: updates come in the gradients' dtype. For
+  bfloat16 and float16 params the momentum (and AdamW's moments) is float32
+  unless ``mu_dtype`` is given. The state's dtypes and shapes never change,
+  so a jitted update compiles once, and the state is a pytree of arrays that
+  ``orbax.checkpoint`` saves and restores as it is.
+
+  Args:
+    learning_rate: the Muon chain's step size relative to each matrix's
+      radius (a float or a schedule); see :func:`hyperball`. The default,
+      half of Muon's, was the better of 0.01 and 0.02 for MuonH on the lm
+      example (README, "Which optimizer should I use?").
+    momentum: EMA coefficient ``beta`` of the momentum buffer, in ``[0, 1)``.
+    nesterov: use the Nesterov form ``(1 - beta) g + beta buf``.
+    ns_steps: Newton–Schulz steps (an int >= 1).
+    ns_coeffs: ``"quintic"``, ``"polar_express"`` or a table of
+      ``(a, b, c)`` rows; see :class:`NewtonSchulz`.
+    ns_dtype: compute dtype of Newton–Schulz. ``None``: float32 on CPU,
+      bfloat16 inputs with float32 accumulation on GPU/TPU. ``jnp.float32``
+      is float32 on every backend (``Precision.HIGHEST`` matmuls).
+    shape_scale: ``"spectral"`` (``sqrt(max(1, fan_out / fan_in))``, the
+      reference Muon), ``"rms"`` (``0.2 sqrt(max(fan_in, fan_out))``,
+      Moonlight: AdamW's learning rate and weight decay transfer) or
+      ``"none"``.
+    weight_decay: decoupled weight decay of the Muon chain (``>= 0``), added
+      to the direction before Hyperball (``u + weight_decay * p``; on the
+      sphere it only tilts the step, so the default is none).
+    cautious_weight_decay: decay only entries where the update and the
+      parameter agree in sign (see :func:`add_cautious_decayed_weights`).
+    adamw_learning_rate: AdamW's learning rate (a float or a schedule).
+    adamw_b1: AdamW's first-moment coefficient, in ``[0, 1)``.
+    adamw_b2: AdamW's second-moment coefficient, in ``[0, 1)``.
+    adamw_eps: AdamW's epsilon (``>= 0``).
+    adamw_weight_decay: AdamW's decoupled weight decay (``>= 0``).
+    param_labels: ``None`` (use :func:`muon_labels` with this alias's
+      ``batch_axes`` and ``matrix_axes``), a tree of ``"muon"`` /
+      ``"adamw"`` labels like the params, or a function of the params that
+      returns one (name it in ``static_args`` under
+      ``optax.inject_hyperparams``).
+    mu_dtype: floating dtype of the momentum buffer and of AdamW's first
+      moment; ``None`` is the param's dtype promoted to at least float32.
+    batch_axes: axes of a leaf that index separate matrices (stacked or
+      scanned layers): ``None``, axes for every leaf, or a function
+      ``(path, leaf) -> axes``.
+    matrix_axes: the fan-in and fan-out axes of leaves whose layout the
+      default view does not fit: ``None``, a function ``(path, leaf) ->
+      spec or None``, a tree of specs (or ``None``) like the params, or one
+      spec for every leaf; a spec is :class:`optax_muon.MatrixAxes` or
+      ``optax.contrib.MuonDimensionNumbers`` (see
+      :func:`optax_muon.matrix_view`; ``optax_muon.per_head`` orthogonalises
+      attention per head).
+    layout: an :class:`optax_muon.Layout` from
+      :func:`optax_muon.infer_layout` (every leaf's label and matrix axes,
+      read from the model's computation), in place of ``param_labels``,
+      ``batch_axes`` and ``matrix_axes``: giving any of them with it is a
+      ``ValueError``.
+    ns_mesh_axis: a mesh axis name (or tuple of names) to split the stacked
+      matrices over, so that each device orthogonalises only its share; see
+      :func:`scale_by_muon`.
+    mesh: the mesh for ``ns_mesh_axis``; ``None`` uses the ambient mesh
+      (``jax.set_mesh``).
+    tuning: speed choices (:class:`Tuning`); ``None`` is the backend's
+      defaults. They change no result beyond rounding.
+    zero_init_rms: entry RMS that sets the radius of matrices that are zero
+      at init (they grow inside that ball); ``None``: ``1/sqrt(fan_in)``.
+      See :func:`hyperball`.
+
+  Returns:
+    An ``optax.GradientTransformation`` (a ``multi_transform``).
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> import optax, optax_muon as om
+    >>> params = {"hidden": {"kernel": jnp.ones((8, 4)), "bias": jnp.zeros(4)},
+    ...           "head": {"kernel": jnp.ones((4, 2))}}
+    >>> tx = om.muonh(0.02)
+    >>> state = tx.init(params)
+    >>> grads = jax.tree.map(jnp.ones_like, params)
+    >>> updates, state = tx.update(grads, state, params)
+    >>> params = optax.apply_updates(params, updates)
+    >>> om.muon_labels(params)["hidden"]
+    {'bias': 'adamw', 'kernel': 'muon'}
+  """
+  return _alias(
+      functools.partial(
+          _variants.scale_by_muon,
+          momentum, nesterov=nesterov,
+          ns_steps=ns_steps, ns_coeffs=ns_coeffs, ns_dtype=ns_dtype,
+          shape_scale=shape_scale,
+          mu_dtype=mu_dtype, ns_mesh_axis=ns_mesh_axis,
+          mesh=mesh, tuning=tuning),
+      learning_rate=learning_rate, weight_decay=weight_decay,
+      cautious_weight_decay=cautious_weight_decay,
+      adamw_learning_rate=adamw_learning_rate, adamw_b1=adamw_b1,
+      adamw_b2=adamw_b2, adamw_eps=adamw_eps,
+      adamw_weight_decay=adamw_weight_decay, param_labels=param_labels,
+      mu_dtype=mu_dtype, batch_axes=batch_axes, matrix_axes=matrix_axes,
+      layout=layout, hyperball=True, zero_init_rms=zero_init_rms)
+
+
+def normuonh(
+    learning_rate: optax.ScalarOrSchedule = 0.01,
+    *,
+    momentum: float = 0.95,
+    beta2: float = 0.95,
+    nesterov: bool = True,
+    ns_steps: int = 5,
+    ns_coeffs: ns.NsCoeffs = "quintic",
+    ns_dtype: DTypeLike | None = None,
+    shape_scale: str = "spectral",
+    weight_decay: float = 0.0,
+    cautious_weight_decay: bool = False,
+    adamw_learning_rate: optax.ScalarOrSchedule = 3e-4,
+    adamw_b1: float = 0.9,
+    adamw_b2: float = 0.95,
+    adamw_eps: float = 1e-8,
+    adamw_weight_decay: float = 0.0,
+    param_labels: _labels.ParamLabels = None,
+    mu_dtype: DTypeLike | None = None,
+    batch_axes: _matrix.BatchAxes = None,
+    matrix_axes: _matrix.MatrixAxesArg = None,
+    layout: _layout.Layout | None = None,
+    ns_mesh_axis: _mesh.MeshAxis = None,
+    mesh: jax.sharding.Mesh | None = None,
+    tuning: _tuning.Tuning | None = None,
+    zero_init_rms: float | None = None,
+) -> optax.GradientTransformation:
+  """NorMuon's direction on each hidden matrix's sphere, AdamW for the rest.
+
+  Hidden matrices get :func:`scale_by_normuon` followed by
+  :func:`hyperball` (a step of relative size ``learning_rate`` on the sphere
+  of the matrix's initial norm); routing as in :func:`muon`.
+
+  Non-finite gradients: a NaN or inf in a Muon leaf's gradient makes that
+  leaf's update NaN and stays in its momentum (other leaves, even ones
+  batched with it, are not affected). To skip such steps wrap the optimizer
+  in ``optax.apply_if_finite(..., max_consecutive_errors=k)``.
+
+  Dtypes and checkpoints: updates come in the gradients' dtype. For
+  bfloat16 and float16 params the momentum (and AdamW's moments) is float32
+  unless ``mu_dtype`` is given. The state's dtypes and shapes never change,
+  so a jitted update compiles once, and the state is a pytree of arrays that
+  ``orbax.checkpoint`` saves and restores as it is.
+
+  Args:
+    learning_rate: the Muon chain's step size relative to each matrix's
+      radius (a float or a schedule); see :func:`hyperball`. The default,
+      half of Muon's, was the better of 0.01 and 0.02 for MuonH on the lm
+      example (README, "Which optimizer should I use?").
+    momentum: EMA coefficient ``beta`` of the momentum buffer, in ``[0, 1)``.
+    beta2: EMA coefficient of the per-output-neuron second moment, in
+      ``[0, 1)``.
+    nesterov: use the Nesterov form ``(1 - beta) g + beta buf``.
+    ns_steps: Newton–Schulz steps (an int >= 1).
+    ns_coeffs: ``"quintic"``, ``"polar_express"`` or a table of
+      ``(a, b, c)`` rows; see :class:`NewtonSchulz`.
+    ns_dtype: compute dtype of Newton–Schulz. ``None``: float32 on CPU,
+      bfloat16 inputs with float32 accumulation on GPU/TPU. ``jnp.float32``
+      is float32 on every backend (``Precision.HIGHEST`` matmuls).
+    shape_scale: ``"spectral"`` (``sqrt(max(1, fan_out / fan_in))``, the
+      reference Muon), ``"rms"`` (``0.2 sqrt(max(fan_in, fan_out))``,
+      Moonlight: AdamW's learning rate and weight decay transfer) or
+      ``"none"``.
+    weight_decay: decoupled weight decay of the Muon chain (``>= 0``), added
+      to the direction before Hyperball (``u + weight_decay * p``; on the
+      sphere it only tilts the step, so the default is none).
+    cautious_weight_decay: decay only entries where the update and the
+      parameter agree in sign (see :func:`add_cautious_decayed_weights`).
+    adamw_learning_rate: AdamW's learning rate (a float or a schedule).
+    adamw_b1: AdamW's first-moment coefficient, in ``[0, 1)``.
+    adamw_b2: AdamW's second-moment coefficient, in ``[0, 1)``.
+    adamw_eps: AdamW's epsilon (``>= 0``).
+    adamw_weight_decay: AdamW's decoupled weight decay (``>= 0``).
+    param_labels: ``None`` (use :func:`muon_labels` with this alias's
+      ``batch_axes`` and ``matrix_axes``), a tree of ``"muon"`` /
+      ``"adamw"`` labels like the params, or a function of the params that
+      returns one (name it in ``static_args`` under
+      ``optax.inject_hyperparams``).
+    mu_dtype: floating dtype of the momentum buffer and of AdamW's first
+      moment; ``None`` is the param's dtype promoted to at least float32.
+    batch_axes: axes of a leaf that index separate matrices (stacked or
+      scanned layers): ``None``, axes for every leaf, or a function
+      ``(path, leaf) -> axes``.
+    matrix_axes: the fan-in and fan-out axes of leaves whose layout the
+      default view does not fit: ``None``, a function ``(path, leaf) ->
+      spec or None``, a tree of specs (or ``None``) like the params, or one
+      spec for every leaf; a spec is :class:`optax_muon.MatrixAxes` or
+      ``optax.contrib.MuonDimensionNumbers`` (see
+      :func:`optax_muon.matrix_view`; ``optax_muon.per_head`` orthogonalises
+      attention per head).
+    layout: an :class:`optax_muon.Layout` from
+      :func:`optax_muon.infer_layout` (every leaf's label and matrix axes,
+      read from the model's computation), in place of ``param_labels``,
+      ``batch_axes`` and ``matrix_axes``: giving any of them with it is a
+      ``ValueError``.
+    ns_mesh_axis: a mesh axis name (or tuple of names) to split the stacked
+      matrices over, so that each device orthogonalises only its share; see
+      :func:`scale_by_muon`.
+    mesh: the mesh for ``ns_mesh_axis``; ``None`` uses the ambient mesh
+      (``jax.set_mesh``).
+    tuning: speed choices (:class:`Tuning`); ``None`` is the backend's
+      defaults. They change no result beyond rounding.
+    zero_init_rms: entry RMS that sets the radius of matrices that are zero
+      at init (they grow inside that ball); ``None``: ``1/sqrt(fan_in)``.
+      See :func:`hyperball`.
+
+  Returns:
+    An ``optax.GradientTransformation`` (a ``multi_transform``).
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> import optax, optax_muon as om
+    >>> params = {"hidden": {"kernel": jnp.ones((8, 4)), "bias": jnp.zeros(4)},
+    ...           "head": {"kernel": jnp.ones((4, 2))}}
+    >>> tx = om.normuonh(0.02)
+    >>> state = tx.init(params)
+    >>> grads = jax.tree.map(jnp.ones_like, params)
+    >>> updates, state = tx.update(grads, state, params)
+    >>> params = optax.apply_updates(params, updates)
+    >>> om.muon_labels(params)["hidden"]
+    {'bias': 'adamw', 'kernel': 'muon'}
+  """
+  return _alias(
+      functools.partial(
+          _variants.scale_by_normuon,
+          momentum, beta2=beta2, nesterov=nesterov,
+          ns_steps=ns_steps, ns_coeffs=ns_coeffs, ns_dtype=ns_dtype,
+          shape_scale=shape_scale,
+          mu_dtype=mu_dtype, ns_mesh_axis=ns_mesh_axis,
+          mesh=mesh, tuning=tuning),
+      learning_rate=learning_rate, weight_decay=weight_decay,
+      cautious_weight_decay=cautious_weight_decay,
+      adamw_learning_rate=adamw_learning_rate, adamw_b1=adamw_b1,
+      adamw_b2=adamw_b2, adamw_eps=adamw_eps,
+      adamw_weight_decay=adamw_weight_decay, param_labels=param_labels,
+      mu_dtype=mu_dtype, batch_axes=batch_axes, matrix_axes=matrix_axes,
+      layout=layout, hyperball=True, zero_init_rms=zero_init_rms)
+

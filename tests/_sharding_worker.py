@@ -63,7 +63,11 @@ ALIASES = {
                      ref.MomMuon, {"average": "gram", "ns_every": 2}, 1e-3),
     "ogsignmuon": (om.ogsignmuon, {}, ref.OGSignMuon, {}, 1e-4),
     "normuon": (om.normuon, {}, ref.NorMuon, {}, 1e-4),
+    # Muon's direction (weight decay added to it), then Hyperball.
+    "muonh": (om.muonh, {}, ref.Muon, {}, 1e-4),
 }
+#: Aliases whose Muon chain ends in om.hyperball instead of the learning rate.
+HYPERBALL = frozenset({"muonh"})
 
 
 def _batch_axes(path, leaf):
@@ -138,16 +142,25 @@ def _reference_trajectory(alias_name):
       directions[k] = ref_cls(s, **ref_kwargs)
   adam = (np.zeros(SHAPES["bias"]), np.zeros(SHAPES["bias"]), 0)
   want = {k: p.astype(np.float64) for k, p in params.items()}
+  radii = {k: [ref.hyperball_radius(m) for m in (p if k == "stack" else [p])]
+           for k, p in want.items() if k != "bias"}
+
+  def step(p, u, radius):
+    if alias_name in HYPERBALL:
+      return ref.hyperball_step(p, u + WD * p, LR, *radius)
+    return ref.sgd_step(p, u, LR, WD)
+
   for t in range(STEPS):
     g = _grads(t)
     for k in SHAPES:
       if k == "bias":
         adam, want[k] = ref.adamw_step(adam, want[k], g[k], 3e-4)
       elif k == "stack":
-        u = np.stack([v(g[k][i]) for i, v in enumerate(directions[k])])
-        want[k] = ref.sgd_step(want[k], u, LR, WD)
+        want[k] = np.stack([
+            step(want[k][i], v(g[k][i]), radii[k][i])
+            for i, v in enumerate(directions[k])])
       else:
-        want[k] = ref.sgd_step(want[k], directions[k](g[k]), LR, WD)
+        want[k] = step(want[k], directions[k](g[k]), radii[k][0])
     out.append(dict(want))
   return out
 
@@ -177,6 +190,21 @@ def _apply(tx, g, s, p):
 def _muon_state(state):
   """The Muon-family inner state of an alias's multi_transform state."""
   return state.inner_states["muon"].inner_state[0]
+
+
+def _radius_mismatches(state, param_specs, mesh, when):
+  """Hyperball's radii (one per matrix) must be sharded like their param's
+  batch axes (replicated for a single matrix)."""
+  radius = state.inner_states["muon"].inner_state[-1].radius
+  bad = []
+  for k, spec in param_specs.items():
+    if k == "bias":
+      continue
+    want = NamedSharding(mesh, P(*tuple(spec)[:1]) if k == "stack" else P())
+    if _mismatch(radius[k], want, exact=True):
+      bad.append(f"{when}: radius/{k} is {radius[k].sharding.spec}, "
+                 f"want {want.spec}")
+  return bad
 
 
 def _expected_state_specs(alias_name, param_specs):
@@ -283,6 +311,8 @@ def cmd_steps(alias_name, layouts=tuple(LAYOUTS)):
                                "after init", exact=True)
     bad += _param_shaped_mismatches(init_state, specs, mesh, "after init",
                                     exact=True)
+    if alias_name in HYPERBALL:
+      bad += _radius_mismatches(init_state, specs, mesh, "after init")
     if exact or _HAS_SHARD_ALIKE:
       # Under Auto axes without jax.experimental.shard_alike (JAX 0.11) the
       # partitioner lays out the new state as it likes.

@@ -19,6 +19,8 @@ ALIASES = {
     "mommuon": om.mommuon,
     "ogsignmuon": om.ogsignmuon,
     "normuon": om.normuon,
+    "muonh": om.muonh,
+    "normuonh": om.normuonh,
 }
 
 FAST = ("muon", "mommuon")

@@ -271,3 +271,35 @@ def adamw_step(state, p, g, lr, b1=0.9, b2=0.95, eps=1e-8, wd=0.0):
   v = b2 * v + (1 - b2) * g * g
   mh, vh = m / (1 - b1**t), v / (1 - b2**t)
   return (m, v, t), p - lr * (mh / (np.sqrt(vh) + eps) + wd * p)
+
+
+# --- Hyperball (ALGORITHMS.md, "Hyperball") ---------------------------------
+
+
+def hyperball_radius(w, zero_init_rms=None):
+  """``(R, from_zero)`` of one ``(fan_in, fan_out)`` matrix at init: its
+  Frobenius norm, or for an all-zero matrix ``rms * sqrt(fan_in * fan_out)``
+  with ``rms = zero_init_rms`` (default ``1 / sqrt(fan_in)``)."""
+  w = flax_matrix(w)
+  r = float(np.sqrt(np.sum(w * w)))
+  if r > 0:
+    return r, False
+  fan_in, fan_out = w.shape
+  rms = 1 / np.sqrt(fan_in) if zero_init_rms is None else zero_init_rms
+  return float(rms * np.sqrt(fan_in * fan_out)), True
+
+
+def hyperball_step(w, u, lr, radius, from_zero=False):
+  """One Hyperball step of one matrix, in float64:
+  ``W' = W - lr R U / ||U||``, then ``W' R / ||W'||`` (a matrix that started
+  at zero: ``W' min(1, R / ||W'||)``); ``W`` itself for a zero ``U``."""
+  w = np.asarray(w, np.float64)
+  u = np.asarray(u, np.float64)
+  u_norm = np.sqrt(np.sum(u * u))
+  if u_norm == 0:
+    return w
+  w1 = w - lr * radius * u / u_norm
+  scale = radius / np.sqrt(np.sum(w1 * w1))
+  if from_zero:
+    scale = min(scale, 1.0)
+  return w1 * scale

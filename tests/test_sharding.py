@@ -44,6 +44,8 @@ WORKER_LAYOUTS = {
     "muon": ("mixed_no_split", "fsdp_explicit_axes"),
     "mommuon_every_2": ("mixed", "mixed_explicit_axes"),
     "normuon": ("mixed", "mixed_explicit_axes"),
+    # Muon's skeleton, then Hyperball's per-matrix radii along batch axes.
+    "muonh": ("mixed_explicit_axes",),
 }
 SCALE_BY = [om.scale_by_muon, om.scale_by_adamuon, om.scale_by_mommuon,
             om.scale_by_ogsignmuon, om.scale_by_normuon]
