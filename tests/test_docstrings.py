@@ -18,10 +18,11 @@ import optax
 import pytest
 
 import optax_muon as om
+from tests import _sweeps
 
 MODULES = [om.__name__] + sorted(
     f"{om.__name__}.{info.name}" for info in pkgutil.iter_modules(om.__path__))
-ALIASES = [om.muon, om.adamuon, om.mommuon, om.ogsignmuon, om.normuon]
+ALIASES = list(_sweeps.ALIASES.values())
 FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 
 

@@ -8,8 +8,9 @@ import optax
 import pytest
 
 import optax_muon as om
+from tests import _sweeps
 
-ALIASES = [om.muon, om.adamuon, om.mommuon, om.ogsignmuon, om.normuon]
+ALIASES = list(_sweeps.ALIASES.values())
 PARAMS = {"dense": {"kernel": jnp.ones((4, 3)), "bias": jnp.zeros(3)}}
 
 
