@@ -24,12 +24,22 @@ ALIASES = {
 }
 
 FAST = ("muon", "mommuon")
+#: Cases whose sweep runs in the integration tier (``make test-integration``,
+#: CI) only: the Hyperball aliases end Muon's and NorMuon's chains in one more
+#: step, which tests/test_hyperball.py checks in ``make test``.
+INTEGRATION = ("muonh", "normuonh")
 
 
 def sweep(cases, fast=FAST):
   """``cases`` (names, or functions such as ``om.muon``) as pytest params,
-  those not in ``fast`` marked ``slow``."""
+  those not in ``fast`` marked ``slow``, those in :data:`INTEGRATION` marked
+  ``integration``."""
+  def marks(name):
+    if name in fast:
+      return ()
+    if name in INTEGRATION:
+      return (pytest.mark.slow, pytest.mark.integration)
+    return pytest.mark.slow
   return [pytest.param(c, id=getattr(c, "__name__", c),
-                       marks=() if getattr(c, "__name__", c) in fast
-                       else pytest.mark.slow)
+                       marks=marks(getattr(c, "__name__", c)))
           for c in cases]

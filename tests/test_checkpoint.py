@@ -107,6 +107,7 @@ def test_orbax_checkpoint_resumes_bit_identically(name, tmp_path):
   chex.assert_trees_all_equal_dtypes(got_state, want_state)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("name", ["mommuon_every3"])
 def test_nnx_optimizer_checkpoint_resumes_bit_identically(name, tmp_path):
   nnx = pytest.importorskip("flax.nnx")

@@ -84,6 +84,7 @@ def test_cifar10_reader_rejects_a_bad_pickle(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_image_task_on_cifar10_normalizes_and_flips(tmp_path):
   _write_cifar(tmp_path / "c", sizes=(40, 40, 40, 40, 40), test_size=8)
   task = image.make_task(data_dir=str(tmp_path / "c"), tiny=True)
@@ -140,6 +141,7 @@ def test_fineweb_reader_rejects_a_bad_header(tmp_path, kwargs, match):
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_lm_task_on_fineweb_uses_the_shards(tmp_path):
   rng = np.random.default_rng(0)
   train = rng.integers(0, 50257, size=3000)
@@ -300,10 +302,9 @@ DEFAULTS = ",".join(registry.DEFAULT_OPTIMIZERS)
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 @pytest.mark.parametrize("task, metric", [
-    ("image", "test_accuracy"), ("implicit", "psnr"),
-    pytest.param("lm", "val_loss", marks=pytest.mark.integration),
-])
+    ("image", "test_accuracy"), ("implicit", "psnr"), ("lm", "val_loss")])
 def test_compare_at_its_defaults_trains_every_default_optimizer(
     tmp_path, capsys, task, metric):
   """The command a user runs first, compare.py --task TASK, with only
@@ -641,6 +642,7 @@ def _check_steps_to_target(run, target):
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_compare_lm_gpt2_small_bf16_reports_tokens_and_target(tmp_path,
                                                                capsys):
   record = _run(tmp_path, "--task", "lm", "--preset", "gpt2-small", "--tiny",
@@ -715,6 +717,7 @@ def test_random_crop_is_a_shifted_reflection():
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_compare_image_resnet_on_cifar_format_files(tmp_path):
   _write_cifar(tmp_path / "c", sizes=(8, 8, 8, 8, 8), test_size=8)
   record = _run(tmp_path, "--task", "image", "--preset", "resnet", "--tiny",

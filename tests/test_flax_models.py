@@ -283,6 +283,7 @@ def test_per_head_update_is_newton_schulz_per_head(nnx_params):
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_nnx_transformer_trains():
   model = nnx.jit(lambda: NnxLM(nnx.Rngs(1)))()
   opt = nnx.Optimizer(
@@ -306,6 +307,7 @@ def test_nnx_transformer_trains():
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_linen_transformer_trains():
   model, tokens = LinenLM(), _tokens(2)
   linen_params = jax.jit(model.init)(jax.random.key(0), tokens)["params"]
@@ -346,6 +348,7 @@ def test_cnn_with_batchnorm_every_leaf():
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_cnn_with_batchnorm_trains():
   model = nnx.jit(lambda: ConvNet(nnx.Rngs(0)))()
   rng = np.random.default_rng(0)

@@ -88,6 +88,7 @@ def test_mlp_trains_with_every_alias_in_bfloat16(alias):
   assert losses[-1] < 0.5 * losses[0], losses
 
 
+@pytest.mark.integration
 def test_convnet_trains_and_conv_kernels_go_through_muon():
   model = ConvNet(nnx.Rngs(1))
   rng = np.random.default_rng(0)

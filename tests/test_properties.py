@@ -127,6 +127,7 @@ def _svals(x):
        ns_dtype=st.sampled_from((None, "float32", "bfloat16")),
        log_scale=st.floats(0.0, 1.0), cond=st.floats(1.0, 10.0),
        seed=st.integers(0, 2**31 - 1))
+@pytest.mark.integration
 def test_well_conditioned_input_lands_in_the_band(
     shape, dtype, ns_coeffs, ns_dtype, log_scale, cond, seed):
   _, shape = shape
@@ -149,6 +150,7 @@ def test_well_conditioned_input_lands_in_the_band(
        form=st.sampled_from(("auto", "standard", "gram")),
        zero_rows=st.integers(0, 3), log_scale=st.floats(-1.0, 1.0),
        seed=st.integers(0, 2**31 - 1))
+@pytest.mark.integration
 def test_any_input_gives_finite_bounded_output(
     shape, dtype, ns_coeffs, form, zero_rows, log_scale, seed):
   # Gaussian input, possibly rank-deficient or all zero, at scales up to

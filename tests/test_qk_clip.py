@@ -121,6 +121,7 @@ def test_nothing_changes_when_every_logit_is_below_tau():
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_works_with_nnx_optimizer_and_every_alias():
   for alias in (om.muon, om.adamuon, om.mommuon, om.ogsignmuon, om.normuon):
     model = Net(nnx.Rngs(0))
