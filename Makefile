@@ -1,4 +1,5 @@
 # Two commands on a fresh machine: `make test` and `make demo`.
+comma := ,
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -24,7 +25,7 @@ $(PY):
 # One stamp per extra installed into .venv; each is redone when pyproject.toml
 # changes. `make docs` alone installs the package and the docs extra only.
 $(STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -e ".[test,models]"
 	touch $(STAMP)
 
 $(DOCS_STAMP): pyproject.toml | $(PY)
@@ -47,16 +48,16 @@ test-integration: $(STAMP)
 # The suite (less the slow multi-process tests) on the lowest declared
 # versions of jax, jaxlib, optax, chex and flax, in a second venv.
 # A venv with the package's test extras at pinned versions:
-# $(call pinned_venv,VENV,PYTHON,CONSTRAINTS).
+# $(call pinned_venv,VENV,PYTHON,CONSTRAINTS,EXTRAS).
 define pinned_venv
 	$(2) -m venv $(1)
 	$(1)/bin/python -m pip install -q --upgrade pip
-	$(1)/bin/python -m pip install -q -c $(3) -e ".[test]"
+	$(1)/bin/python -m pip install -q -c $(3) -e ".[$(4)]"
 	touch $(1)/.installed
 endef
 
 $(FLOOR_STAMP): pyproject.toml $(FLOOR_CONSTRAINTS)
-	$(call pinned_venv,$(FLOOR_VENV),$(PYTHON),$(FLOOR_CONSTRAINTS))
+	$(call pinned_venv,$(FLOOR_VENV),$(PYTHON),$(FLOOR_CONSTRAINTS),test)
 
 test-floor: $(FLOOR_STAMP)
 	$(FLOOR_VENV)/bin/python -c "import jax, optax, chex, flax; \
@@ -67,7 +68,7 @@ test-floor: $(FLOOR_STAMP)
 # The whole suite on the newest JAX tested (.ci/newest-constraints.txt), in a
 # third venv built with NEWEST_PYTHON (Python >= 3.12).
 $(NEWEST_STAMP): pyproject.toml $(NEWEST_CONSTRAINTS)
-	$(call pinned_venv,$(NEWEST_VENV),$(NEWEST_PYTHON),$(NEWEST_CONSTRAINTS))
+	$(call pinned_venv,$(NEWEST_VENV),$(NEWEST_PYTHON),$(NEWEST_CONSTRAINTS),test$(comma)models)
 
 test-newest: $(NEWEST_STAMP)
 	$(NEWEST_VENV)/bin/python -c "import sys, jax, optax, chex, flax; \
