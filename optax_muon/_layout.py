@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
 
@@ -310,9 +311,11 @@ class _Use(NamedTuple):
 def _source(eqn) -> str:
   """``"dot_general at dir/file.py:12 (fn)"``: the primitive and the user
   frame that made it."""
-  try:  # JAX's private location of it moves between versions.
-    from jax._src import source_info_util  # noqa: PLC0415
-    text = source_info_util.summarize(eqn.source_info)
+  # JAX keeps the summariser in a private module that may move between
+  # versions: looked up by name, and without it the evidence has no line.
+  try:
+    info = importlib.import_module("jax._src.source_info_util")
+    text = info.summarize(eqn.source_info)
   except Exception:  # noqa: BLE001
     text = ""
   head, sep, tail = text.partition(" ")
