@@ -8,6 +8,8 @@ other cases are marked ``slow``; ``make test`` runs them all.
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 
 import optax_muon as om
@@ -20,6 +22,14 @@ FAST = ("muon", "mommuon")
 #: CI) only: the Hyperball aliases end Muon's and NorMuon's chains in one more
 #: step, which tests/test_hyperball.py checks in ``make test``.
 INTEGRATION = ("muonh", "normuonh")
+
+
+def steps_arg(alias) -> str:
+  """The name of ``alias``'s iteration count: ``ns_steps`` (Newton–Schulz
+  steps), or MomMuon's ``whiten_steps`` (where ``ns_steps`` is a deprecated
+  synonym)."""
+  params = inspect.signature(alias).parameters
+  return "whiten_steps" if "whiten_steps" in params else "ns_steps"
 
 
 def sweep(cases, fast=FAST):

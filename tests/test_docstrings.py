@@ -1,5 +1,6 @@
-"""The docstrings' ``>>>`` examples run and print what they say, and the API
-reference lists the aliases of the registry.
+"""The docstrings' ``>>>`` examples run and print what they say, every
+argument of every alias is documented, and the API reference lists the
+aliases of the registry.
 
 Every module of the package is searched (new modules are found by
 ``pkgutil``), as ``python -m doctest`` would, with ``jax``, ``jnp``, ``np``,
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import doctest
 import importlib
+import inspect
 import os
 import pkgutil
 import re
@@ -50,6 +52,40 @@ def test_docstring_examples_run(name):
 @pytest.mark.parametrize("alias", ALIASES, ids=lambda f: f.__name__)
 def test_every_alias_has_an_example(alias):
   assert _examples(alias) > 0
+
+
+def _documented_args(fn) -> list[str]:
+  """The argument names of the ``Args:`` section of ``fn``'s (Google)
+  docstring, in order."""
+  names, in_args = [], False
+  for line in (inspect.getdoc(fn) or "").splitlines():
+    if line == "Args:":
+      in_args = True
+    elif in_args and line and not line.startswith(" "):
+      break  # the next section
+    elif in_args and (m := re.match(r"  (\*{0,2}\w+)( \(.*\))?:", line)):
+      names.append(m.group(1))
+  return names
+
+
+@pytest.mark.parametrize("alias", ALIASES, ids=lambda f: f.__name__)
+def test_every_argument_of_every_alias_is_documented(alias):
+  """Each parameter in the alias's own ``Args:`` or, when it is muon's with
+  muon's default, in muon's (the home of the shared arguments, to which the
+  alias then points); no entry for an argument the alias does not take."""
+  own, shared_doc = _documented_args(alias), _documented_args(om.muon)
+  params = inspect.signature(alias).parameters
+  muon_params = inspect.signature(om.muon).parameters
+  assert len(own) == len(set(own)), own
+  assert set(own) <= set(params), sorted(set(own) - set(params))
+  left = [name for name in params if name not in own]
+  for name in left:
+    assert (name in muon_params
+            and muon_params[name].default == params[name].default), \
+        f"{alias.__name__}({name}=...) is not muon's: document it in its Args"
+    assert name in shared_doc, f"{name} is in neither docstring"
+  if left:
+    assert ":func:`muon`" in alias.__doc__
 
 
 def _optimizers_section() -> str:

@@ -8,6 +8,7 @@ import types
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 import pytest
 
@@ -16,6 +17,8 @@ from tests import _sweeps
 
 ALIASES = list(_sweeps.ALIASES.values())
 PARAMS = {"dense": {"kernel": jnp.ones((4, 3)), "bias": jnp.zeros(3)}}
+GRADS = {"dense": {"kernel": jnp.arange(12.0).reshape(4, 3) % 5 - 2,
+                   "bias": jnp.ones(3)}}
 
 
 def test_star_import_and_every_public_name_exists():
@@ -62,6 +65,11 @@ def test_registry_is_read_only_and_holds_every_public_alias():
     (dict(shape_scale="fro"), r"Unknown shape_scale 'fro'"),
 ])
 def test_out_of_range_is_a_clear_error_at_construction(alias, kwargs, match):
+  # ns_steps stands for each alias's own iteration count (MomMuon's
+  # whiten_steps), which the message names.
+  steps = _sweeps.steps_arg(alias)
+  kwargs = {steps if k == "ns_steps" else k: v for k, v in kwargs.items()}
+  match = match.replace("ns_steps", steps)
   with pytest.raises(ValueError, match=match):
     alias(0.02, **kwargs)
 
@@ -85,6 +93,26 @@ def test_out_of_range_is_a_clear_error_at_construction(alias, kwargs, match):
 def test_variant_arguments_are_checked(alias, kwargs, match):
   with pytest.raises(ValueError, match=match):
     alias(0.02, **kwargs)
+
+
+def test_mommuon_ns_steps_is_a_deprecated_whiten_steps():
+  """om.mommuon(ns_steps=k) warns at the caller's line (so that Python's
+  default filters show it) and is whiten_steps=k, bit for bit; with another
+  whiten_steps it is a ValueError."""
+  labels = {"dense": {"kernel": "muon", "bias": "adamw"}}
+  with pytest.warns(DeprecationWarning, match="whiten_steps") as record:
+    old = om.mommuon(0.02, ns_steps=3, param_labels=labels)
+  assert record[0].filename == __file__
+  new = om.mommuon(0.02, whiten_steps=3, param_labels=labels)
+  (u_old, s_old), (u_new, s_new) = (
+      tx.update(GRADS, tx.init(PARAMS), PARAMS) for tx in (old, new))
+  jax.tree.map(np.testing.assert_array_equal, (u_old, s_old), (u_new, s_new))
+  default = om.mommuon(0.02, param_labels=labels)
+  u_default, _ = default.update(GRADS, default.init(PARAMS), PARAMS)
+  assert not np.array_equal(u_default["dense"]["kernel"],
+                            u_new["dense"]["kernel"])
+  with pytest.raises(ValueError, match=r"whiten_steps=4.*ns_steps=6"):
+    om.mommuon(0.02, whiten_steps=4, ns_steps=6)
 
 
 def test_traced_hyperparameters_pass_unchecked():

@@ -1,8 +1,9 @@
 """optax's common optimizer checks (the pattern of ``optax/contrib/
 _common_test.py``), run against every alias.
 
-Each alias must: work under ``optax.inject_hyperparams`` with only
-``ns_steps`` static (optax's convention) and give the same updates and state
+Each alias must: work under ``optax.inject_hyperparams`` with only its
+iteration count static (``ns_steps``, optax's convention; MomMuon's
+``whiten_steps``) and give the same updates and state
 as without it; accept extra keyword arguments to ``update``; run jitted for
 several steps without recompiling, with a state whose structure, shapes and
 dtypes never change (also under ``lax.cond``, for float16, bfloat16 and
@@ -20,6 +21,7 @@ import optax
 import pytest
 
 import optax_muon as om
+from tests import _sweeps
 from tests._sweeps import sweep
 
 # `make test` only (optax's common optimizer checks on every alias);
@@ -91,7 +93,8 @@ def _jitted(name):
 def test_inject_hyperparams_with_only_ns_steps_static(name):
   alias, kwargs = ALIASES[name]
   tx, update = _jitted(name)  # alias(0.02, **kwargs)
-  tx_inject = optax.inject_hyperparams(alias, static_args=("ns_steps",))(
+  tx_inject = optax.inject_hyperparams(
+      alias, static_args=(_sweeps.steps_arg(alias),))(
       learning_rate=0.02, **kwargs)
   params = _params()
   state = jax.jit(tx.init)(params)
@@ -117,7 +120,8 @@ def test_injected_ns_every_follows_its_value_without_recompiling():
   params = {"w": jnp.asarray(np.random.default_rng(0).normal(size=(6, 4)),
                              jnp.float32)}
   labels = {"w": "muon"}
-  tx_inject = optax.inject_hyperparams(om.mommuon, static_args=("ns_steps",))(
+  tx_inject = optax.inject_hyperparams(om.mommuon,
+                                       static_args=("whiten_steps",))(
       learning_rate=0.1, ns_every=3, param_labels=labels)
   compiles = []
 
