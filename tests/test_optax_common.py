@@ -28,16 +28,12 @@ from tests._sweeps import sweep
 # `make test-fast` keeps the reference checks of the math.
 pytestmark = pytest.mark.slow
 
-ALIASES = {
-    "muon": (om.muon, {}),
-    "adamuon": (om.adamuon, {}),
-    "mommuon": (om.mommuon, {}),
+# Every alias of the registry at its defaults, and MomMuon's other schedules.
+ALIASES = {name: (alias, {}) for name, alias in om.ALIASES.items()} | {
     "mommuon_every1": (om.mommuon, {"ns_every": 1}),
     "mommuon_seed": (om.mommuon, {"ns_average": "preconditioner",
                                   "ns_beta": 0.9, "ns_every": 1,
                                   "ns_rescale": False}),
-    "ogsignmuon": (om.ogsignmuon, {}),
-    "normuon": (om.normuon, {}),
 }
 NAMES = sorted(ALIASES)
 
