@@ -1,6 +1,7 @@
 """optax_muon: Muon-family optimizers as composable Optax transformations."""
 
 from optax_muon._aliases import (
+    ALIASES,
     adamuon,
     in_float32,
     mommuon,
@@ -56,6 +57,7 @@ from optax_muon._weight_decay import add_cautious_decayed_weights
 __version__ = "0.1.0"
 
 __all__ = (
+    "ALIASES",
     "ATTENTION_INPUT_NAMES",
     "EMBEDDING_NAMES",
     "HEAD_NAMES",

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import functools
 import inspect
+import types
+from collections.abc import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -1114,3 +1116,11 @@ def normuonh(
       mu_dtype=mu_dtype, batch_axes=batch_axes, matrix_axes=matrix_axes,
       layout=layout, hyperball=True, zero_init_rms=zero_init_rms)
 
+
+
+#: Every Muon-family alias by name, read-only: Muon, its variants, then the
+#: Hyperball forms. :func:`describe`, the tests, the examples and the API
+#: reference read this mapping, so a new alias is one entry here.
+ALIASES: Mapping[str, Callable[..., optax.GradientTransformation]] = (
+    types.MappingProxyType({alias.__name__: alias for alias in (
+        muon, adamuon, mommuon, ogsignmuon, normuon, muonh, normuonh)}))

@@ -11,14 +11,10 @@ import optax
 
 from optax_muon import _aliases, _labels, _layout, _matrix
 
-_ALIASES = (_aliases.muon, _aliases.adamuon, _aliases.mommuon,
-            _aliases.normuon, _aliases.ogsignmuon, _aliases.muonh,
-            _aliases.normuonh)
-
 
 def _alias_arg_names() -> frozenset[str]:
   return frozenset(
-      name for alias in _ALIASES
+      name for alias in _aliases.ALIASES.values()
       for name in inspect.signature(alias).parameters)
 
 

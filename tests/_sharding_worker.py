@@ -11,7 +11,7 @@ with each ``CHECK`` one of
   steps:ALIAS:LAYOUT,...   the named layouts
   flops                    see cmd_flops
   example                  see cmd_example
-  resume:ALIAS:CASE,...    see cmd_resume (ALIAS from tests/_sweeps.py)
+  resume:ALIAS:CASE,...    see cmd_resume (ALIAS a name of om.ALIASES)
 
 The checks run one after the other in the one process (one start, one
 import of jax). The process prints one JSON object on its last line,
@@ -36,7 +36,6 @@ from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import optax_muon as om
-from tests import _sweeps
 from tests import reference as ref
 
 SHAPES = {
@@ -425,7 +424,7 @@ RESUME_PHASES = ((8, 2), (4, 2), (1, 2), (8, 2))
 
 
 def _resume_tx(alias_name, split):
-  return _sweeps.ALIASES[alias_name](LR, ns_mesh_axis="d" if split else None)
+  return om.ALIASES[alias_name](LR, ns_mesh_axis="d" if split else None)
 
 
 def _restore_target(tx, mesh, specs):

@@ -12,16 +12,8 @@ import pytest
 
 import optax_muon as om
 
-# Every alias by name, for the sweeps over them.
-ALIASES = {
-    "muon": om.muon,
-    "adamuon": om.adamuon,
-    "mommuon": om.mommuon,
-    "ogsignmuon": om.ogsignmuon,
-    "normuon": om.normuon,
-    "muonh": om.muonh,
-    "normuonh": om.normuonh,
-}
+# Every alias by name, for the sweeps over them: the library's registry.
+ALIASES = om.ALIASES
 
 FAST = ("muon", "mommuon")
 #: Cases whose sweep runs in the integration tier (``make test-integration``,
@@ -31,14 +23,15 @@ INTEGRATION = ("muonh", "normuonh")
 
 
 def sweep(cases, fast=FAST):
-  """``cases`` (names, or functions such as ``om.muon``) as pytest params,
-  those not in ``fast`` marked ``slow``, those in :data:`INTEGRATION` marked
-  ``integration``."""
+  """``cases`` (names, or functions such as ``om.muon``) as pytest params:
+  those in :data:`INTEGRATION` marked ``integration`` (and ``slow``), the
+  others not in ``fast`` marked ``slow``; ``fast=None`` marks only the
+  :data:`INTEGRATION` ones."""
   def marks(name):
-    if name in fast:
-      return ()
     if name in INTEGRATION:
       return (pytest.mark.slow, pytest.mark.integration)
+    if fast is None or name in fast:
+      return ()
     return pytest.mark.slow
   return [pytest.param(c, id=getattr(c, "__name__", c),
                        marks=marks(getattr(c, "__name__", c)))

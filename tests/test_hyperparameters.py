@@ -1,6 +1,10 @@
 """Every out-of-range hyperparameter is a clear ValueError at construction
 (or at ``init`` for what needs the params), naming the argument and value;
-and the public namespace is what ``__all__`` says."""
+and the public namespace is what ``__all__`` says, its aliases all in
+``om.ALIASES``."""
+
+import inspect
+import types
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +24,27 @@ def test_star_import_and_every_public_name_exists():
   for name in om.__all__:
     assert name in namespace, name
     assert getattr(om, name) is namespace[name]
+
+
+def test_registry_is_read_only_and_holds_every_public_alias():
+  """om.ALIASES maps each alias's own name to it, cannot be changed, and
+  misses no public alias: every function of ``__all__`` that takes a
+  learning rate first and routes the rest to AdamW (``adamw_learning_rate``)."""
+  assert isinstance(om.ALIASES, types.MappingProxyType)
+  with pytest.raises(TypeError):
+    om.ALIASES["sgd"] = optax.sgd  # type: ignore[index]
+  for name, alias in om.ALIASES.items():
+    assert name in om.__all__ and getattr(om, name) is alias, name
+    assert alias.__name__ == name
+  public = [name for name in om.__all__
+            if inspect.isfunction(getattr(om, name))]
+  aliases = [name for name in public
+             if list(inspect.signature(getattr(om, name)).parameters)[:1]
+             == ["learning_rate"]
+             and "adamw_learning_rate"
+             in inspect.signature(getattr(om, name)).parameters]
+  assert sorted(aliases) == sorted(om.ALIASES)
+  assert list(om.ALIASES)[0] == "muon"
 
 
 @pytest.mark.parametrize("alias", ALIASES, ids=lambda a: a.__name__)

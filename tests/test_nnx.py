@@ -1,5 +1,7 @@
 """Flax NNX end to end: models train, and each leaf went where it should."""
 
+import inspect
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,13 +10,21 @@ import pytest
 from flax import nnx
 
 import optax_muon as om
-from tests import _flax_compat
+from tests import _flax_compat, _sweeps
 
 # `make test` only (NNX training runs);
 # `make test-fast` keeps the reference checks of the math.
 pytestmark = pytest.mark.slow
 
-ALIASES = [om.muon, om.adamuon, om.mommuon, om.ogsignmuon, om.normuon]
+# Every alias of the registry (the Hyperball ones in the integration tier).
+ALIASES = _sweeps.sweep(om.ALIASES.values(), fast=None)
+# Those with a Newton–Schulz compute dtype (MomMuon has no ns_dtype: its
+# inverse square root always runs in float32 -- in bfloat16 it gave NaN from
+# step 2 -- so its accelerator run is the float32 one of
+# test_mlp_trains_with_every_alias[mommuon]).
+NS_DTYPE_ALIASES = _sweeps.sweep(
+    [a for a in om.ALIASES.values()
+     if "ns_dtype" in inspect.signature(a).parameters], fast=None)
 
 
 class MLP(nnx.Module):
@@ -70,12 +80,7 @@ def test_mlp_trains_with_every_alias(alias):
   assert losses[-1] < 0.5 * losses[0], losses
 
 
-# MomMuon has no ns_dtype: its inverse square root always runs in float32
-# (in bfloat16 it gave NaN from step 2), so its accelerator run is the float32
-# one of test_mlp_trains_with_every_alias[mommuon].
-@pytest.mark.parametrize("alias", [
-    om.muon, om.adamuon, om.ogsignmuon, om.normuon,
-], ids=lambda f: f.__name__)
+@pytest.mark.parametrize("alias", NS_DTYPE_ALIASES)
 def test_mlp_trains_with_every_alias_in_bfloat16(alias):
   # bfloat16 Newton-Schulz is the default on GPU and TPU; here it is asked
   # for explicitly, so that the CPU suite covers what an accelerator runs.

@@ -49,7 +49,7 @@ WORKER_LAYOUTS = {
 }
 SCALE_BY = [om.scale_by_muon, om.scale_by_adamuon, om.scale_by_mommuon,
             om.scale_by_ogsignmuon, om.scale_by_normuon]
-ALIASES = [om.muon, om.adamuon, om.mommuon, om.ogsignmuon, om.normuon]
+ALIASES = list(om.ALIASES.values())
 
 
 def _worker(*checks):
@@ -185,7 +185,7 @@ def test_every_alias_and_transform_takes_ns_mesh_axis_and_mesh(fn):
   assert params["mesh"].default is None
 
 
-@pytest.mark.parametrize("fn", SCALE_BY + ALIASES, ids=lambda f: f.__name__)
+@pytest.mark.parametrize("fn", _sweeps.sweep(SCALE_BY + ALIASES, fast=None))
 def test_ns_mesh_axis_without_any_mesh_raises(fn):
   params = {"w": jnp.ones((8, 16))}
   kwargs = {"param_labels": {"w": "muon"}} if fn in ALIASES else {}
@@ -244,7 +244,7 @@ class _nothing:
     return False
 
 
-@pytest.mark.parametrize("alias", ALIASES, ids=lambda f: f.__name__)
+@pytest.mark.parametrize("alias", _sweeps.sweep(ALIASES, fast=None))
 def test_inject_hyperparams_keeps_the_mesh_static(alias):
   """A Mesh is callable (a context decorator): unless static, inject_hyperparams
   would take it for a schedule."""
