@@ -46,19 +46,12 @@ def adamw(learning_rate: optax.ScalarOrSchedule, *, b1: float = 0.9,
 
 Alias = Callable[..., optax.GradientTransformation]
 
-# TEMPORARY until refit-aliases' commit `registry: om.ALIASES` is merged:
-# the same names in the same order. Then this is `om.ALIASES`.
-_LIBRARY_ALIASES: Mapping[str, Alias] = getattr(om, "ALIASES", None) or {
-    name: getattr(om, name) for name in (
-        "muon", "adamuon", "mommuon", "ogsignmuon", "normuon", "muonh",
-        "normuonh")}
-
 #: name -> (alias, default keyword arguments). One line per preset; a study
 #: adds its own with :func:`register`.
 OPTIMIZERS: dict[str, tuple[Alias, dict[str, Any]]] = {
     "adamw": (adamw, {}),
     # muon, adamuon, mommuon, ogsignmuon, normuon, muonh, normuonh, ...
-    **{name: (alias, {}) for name, alias in _LIBRARY_ALIASES.items()},
+    **{name: (alias, {}) for name, alias in om.ALIASES.items()},
     # Polar Express coefficients (Amsel et al., 2025,
     # https://arxiv.org/abs/2505.16932).
     "muon_pe": (om.muon, {"ns_coeffs": "polar_express"}),
