@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import warnings
 from typing import Any, NamedTuple
 
 import jax
@@ -339,11 +340,30 @@ def _damped(y, damping):
 MOMMUON_AVERAGES = ("preconditioner", "gram")
 
 
+def _whiten_steps(whiten_steps, ns_steps) -> int:
+  """MomMuon's iteration count from ``whiten_steps`` and its deprecated
+  synonym ``ns_steps`` (``None``: not given)."""
+  if ns_steps is not None:
+    # A whiten_steps at its default cannot be told from one not given (an
+    # alias passes its own default through), so only another value clashes.
+    if whiten_steps != 15:
+      raise ValueError(
+          f"scale_by_mommuon got whiten_steps={whiten_steps!r} and "
+          f"ns_steps={ns_steps!r}: they are one setting (the inverse-square-"
+          "root iterations); give only whiten_steps.")
+    warnings.warn(
+        "scale_by_mommuon(ns_steps=...) is deprecated: use whiten_steps= "
+        "(it counts the coupled inverse-square-root iterations).",
+        DeprecationWarning, stacklevel=3)
+    whiten_steps = ns_steps
+  return _checks.static_int(whiten_steps, "whiten_steps", low=1)
+
+
 @dataclasses.dataclass(frozen=True)
 class MomMuonDirection(_skeleton.Direction):
   """``P G_n`` with ``P`` a running whitening preconditioner."""
 
-  ns_steps: int
+  whiten_steps: int
   ns_every: Any  # a Python int, or a traced int (inject_hyperparams)
   ns_beta: Any
   ns_average: str
@@ -374,10 +394,10 @@ class MomMuonDirection(_skeleton.Direction):
     g_n = ns.normalize_frobenius(m, 1e-7)
     precond = states[0]
     # Per matrix: a zero momentum has nothing to whiten (inverse_sqrt of a
-    # zero Gram matrix is 1.5^ns_steps I), so it leaves the state as it is;
+    # zero Gram matrix is 1.5^whiten_steps I), so it leaves the state as it is;
     # P = 0 means no refresh has set it yet, and the next nonzero momentum
     # does, on or off schedule (a zero first gradient, e.g. below a
-    # zero-initialised layer, must not fix P at 1.5^ns_steps I).
+    # zero-initialised layer, must not fix P at 1.5^whiten_steps I).
     unset = jnp.all(precond == 0, axis=(-2, -1), keepdims=True)
     zero = jnp.all(g_n == 0, axis=(-2, -1), keepdims=True)
     every = self.ns_every
@@ -392,7 +412,7 @@ class MomMuonDirection(_skeleton.Direction):
       every = jnp.asarray(every, jnp.int32)
       scheduled = scheduled | ((every > 0) & (
           (count - 1) % jnp.maximum(every, 1) == 0))
-    beta, damping, steps = self.ns_beta, self.ns_damping, self.ns_steps
+    beta, damping, steps = self.ns_beta, self.ns_damping, self.whiten_steps
 
     if self.ns_average == "gram":
       gram = states[1]
@@ -435,7 +455,7 @@ class MomMuonDirection(_skeleton.Direction):
 def scale_by_mommuon(
     momentum: float = 0.95,
     *,
-    ns_steps: int = 15,
+    whiten_steps: int = 15,
     ns_every: int = 5,
     ns_beta: float = 0.5,
     ns_average: str = "gram",
@@ -450,6 +470,7 @@ def scale_by_mommuon(
     ns_mesh_axis: _mesh.MeshAxis = None,
     mesh: jax.sharding.Mesh | None = None,
     tuning: _tuning.Tuning | None = None,
+    ns_steps: int | None = None,
 ) -> optax.GradientTransformation:
   r"""MomMuon: a running Newton–Schulz whitening, refreshed every few steps.
 
@@ -464,7 +485,7 @@ def scale_by_mommuon(
     G_n = M / ||M||_F
     Ybar = G_n G_n^T  (t = 1)   else   ns_beta * Ybar + (1 - ns_beta) * G_n G_n^T
     on a refresh step (t = 1, or (t - 1) % ns_every == 0):
-      P = inverse_sqrt(Ybar, ns_steps)           (small side of G_n, k x k)
+      P = inverse_sqrt(Ybar, whiten_steps)       (small side of G_n, k x k)
     U = P G_n
     u = U * sqrt(k) / ||U||_F * s                (ns_rescale)
 
@@ -492,7 +513,7 @@ def scale_by_mommuon(
   roots themselves::
 
     on a refresh step:
-      Z = inverse_sqrt(G_n G_n^T, ns_steps)
+      Z = inverse_sqrt(G_n G_n^T, whiten_steps)
       P = Z  (first refresh)   else   ns_beta * P + (1 - ns_beta) * Z
     u = P G_n * s
 
@@ -501,19 +522,21 @@ def scale_by_mommuon(
 
   A matrix whose momentum is all zero gets a zero update and leaves ``P``
   unchanged (``Y = 0`` has no inverse square root; the iteration would
-  return ``1.5^ns_steps I``); until a nonzero momentum has set it, ``P``
+  return ``1.5^whiten_steps I``); until a nonzero momentum has set it, ``P``
   stays 0 and "first refresh" means the first step with a nonzero momentum,
   whether or not it is on the ``ns_every`` schedule.
 
   The coupled inverse-square-root iteration always runs in float32
   (``Precision.HIGHEST``): in bfloat16 it diverges (:func:`inverse_sqrt`),
-  so MomMuon has no ``ns_dtype``.
+  so MomMuon has no ``ns_dtype``. Its step count is ``whiten_steps`` (the
+  coupled iteration's, default 15), not an orthogonalisation's ``ns_steps``
+  (default 5): the two count different iterations, so MomMuon names its own.
 
   Departures from the seed's code (MuonVariants): the seed crashes on its
   first step (an unbound index); it applies ``P`` to the unnormalised
   momentum, so its step grows with the gradient (here ``G_n`` has unit
   Frobenius norm); and it always whitens the row side, which blows up by
-  ``1.5^ns_steps`` on tall matrices (here the preconditioner lives at the
+  ``1.5^whiten_steps`` on tall matrices (here the preconditioner lives at the
   small side, ``k x k`` with ``k = min(fan_in, fan_out)``).
 
   References:
@@ -522,8 +545,8 @@ def scale_by_mommuon(
 
   Args:
     momentum: EMA coefficient ``beta`` of the momentum buffer, in ``[0, 1)``.
-    ns_steps: steps of the coupled inverse-square-root iteration (an int
-      >= 1).
+    whiten_steps: steps of the coupled Newton–Schulz inverse-square-root
+      iteration that computes the whitening preconditioner (an int >= 1).
     ns_every: refresh the preconditioner every this many steps (an int >= 0,
       or a traced int; 0: only on the first step).
     ns_beta: EMA coefficient of the average, in ``[0, 1)`` (0: use the fresh
@@ -551,12 +574,17 @@ def scale_by_mommuon(
     mesh: the mesh for ``ns_mesh_axis``; ``None`` uses the ambient mesh.
     tuning: speed choices (:class:`optax_muon.Tuning`); ``None`` is the
       backend's defaults.
+    ns_steps: deprecated synonym of ``whiten_steps`` (its name in 0.1.0;
+      it counts the same inverse-square-root iterations, not
+      orthogonalisation steps): giving it warns (``DeprecationWarning``) and
+      sets ``whiten_steps``; giving it with a ``whiten_steps`` other than
+      the default is a ``ValueError``.
 
   Returns:
     A ``GradientTransformation`` whose state is :class:`ScaleByMomMuonState`
     (:class:`ScaleByMomMuonGramState` with ``ns_average="gram"``).
   """
-  ns_steps = _checks.static_int(ns_steps, "ns_steps", low=1)
+  whiten_steps = _whiten_steps(whiten_steps, ns_steps)
   ns_every = _checks.traceable_int(ns_every, "ns_every", low=0)
   _checks.in_range(ns_beta, "ns_beta", 0.0, 1.0, high_open=True)
   _checks.in_range(ns_damping, "ns_damping", 0.0)
@@ -565,7 +593,7 @@ def scale_by_mommuon(
     raise ValueError(
         f"ns_average must be one of {MOMMUON_AVERAGES}, got {ns_average!r}.")
   direction = MomMuonDirection(
-      ns_steps=ns_steps, ns_every=ns_every, ns_beta=ns_beta,
+      whiten_steps=whiten_steps, ns_every=ns_every, ns_beta=ns_beta,
       ns_average=ns_average, ns_damping=ns_damping, ns_rescale=ns_rescale)
   return _skeleton.scale_by_muon_family(
       direction, momentum=momentum, nesterov=nesterov, shape_scale=shape_scale,

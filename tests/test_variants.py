@@ -224,6 +224,36 @@ def test_mommuon_skips_whitening_between_refreshes():
   assert changed == [False, False, True, False, False, True]
 
 
+@pytest.mark.parametrize("average", ["gram", "preconditioner"])
+def test_mommuon_whiten_steps_matches_reference_and_ns_steps(average):
+  """``whiten_steps=k`` runs k inverse-square-root iterations (the NumPy
+  reference's, at a k far from the default 15), and the deprecated
+  ``ns_steps=k`` is the same setting: bit-identical updates, with a
+  ``DeprecationWarning`` naming ``whiten_steps``."""
+  shape = (12, 20)
+  params = {"w": np.zeros(shape, np.float32)}
+  kw = {"ns_average": average, "ns_every": 2}
+  new = om.scale_by_mommuon(whiten_steps=3, **kw)
+  with pytest.warns(DeprecationWarning, match="whiten_steps"):
+    old = om.scale_by_mommuon(ns_steps=3, **kw)
+  want = ref.MomMuon(shape, ns_steps=3, ns_every=2, average=average)
+  s_new, s_old = new.init(params), old.init(params)
+  for t in range(3):
+    g = _grads(t, {"w": shape})
+    u_new, s_new = jax.jit(new.update)(g, s_new)
+    u_old, s_old = jax.jit(old.update)(g, s_old)
+    np.testing.assert_array_equal(u_new["w"], u_old["w"])
+    _assert_rel_close(u_new["w"], want(np.asarray(g["w"], np.float64)),
+                      1e-4, f"step {t}")
+
+
+def test_mommuon_whiten_steps_and_ns_steps_together_are_an_error():
+  with pytest.raises(ValueError, match=r"whiten_steps=4.*ns_steps=6"):
+    om.scale_by_mommuon(whiten_steps=4, ns_steps=6)
+  with pytest.raises(ValueError, match="whiten_steps must be >= 1"):
+    om.scale_by_mommuon(whiten_steps=0)
+
+
 def test_stacked_layers_with_batch_axes_match_per_slice_reference():
   """A (layers, in, out) leaf with batch_axes=(0,): each slice is a matrix."""
   shapes = {"stack": (3, 24, 40)}
