@@ -34,17 +34,16 @@ step of the checkpoint it continued from; its timings then add up the
 sessions (each session's first step compiles and is not timed). The
 top-level ``options`` are the model and data settings (preset, sizes, batch
 size, compute dtype).
+
+This module is the command line (:func:`build_parser`, :func:`parse_args`,
+:func:`main`); :mod:`examples.runs` runs the optimizers and
+:mod:`examples.report` writes the table, plots and ``results.json``.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import math
-import os
-import platform
-import re
 import shlex
 import sys
 import time
@@ -53,16 +52,14 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make `examples` importable
   sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from flax import nnx  # noqa: E402
-
-import optax_muon as om  # noqa: E402
 from examples import optimizers as opt_registry  # noqa: E402
-from examples import tasks, training  # noqa: E402
-from examples.checkpoints import Checkpoints  # noqa: E402
-from examples.data import DataError  # noqa: E402
+from examples import report, runs, studies, tasks  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
+  """The command line; ``--optimizers`` takes the registry's names, the
+  studies' included (:func:`examples.studies.load`)."""
+  studies.load()
   parser = argparse.ArgumentParser(
       prog="compare.py",
       description="Train one model per optimizer on a task and compare.")
@@ -223,316 +220,52 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, dict]:
   return args, plan
 
 
-def format_table(task: training.Task, results: list[training.RunResult],
-                 target: float | None = None) -> str:
-  """The results as a Markdown table (best metric in bold), with the
-  throughput when the task counts its items and the steps to ``target``."""
-  values = [r.eval_metric for r in results]
-  finite = [v for v in values if math.isfinite(v)]
-  best = (max if task.higher_is_better else min)(finite) if finite else None
-  rate = f" {task.item_name}/s |" if task.items_per_step else ""
-  reach = f" steps to {target:.4g} |" if target is not None else ""
-  lines = [
-      f"| optimizer | learning rate | final train loss | {task.metric} | "
-      f"seconds | CPU seconds | ms/step |{rate}{reach}",
-      "|---|---:|---:|---:|---:|---:|---:|" + "---:|" * (
-          bool(rate) + bool(reach)),
-  ]
-  for r, v in zip(results, values):
-    metric = f"{v:.4f}" if math.isfinite(v) else "diverged"
-    if best is not None and v == best:
-      metric = f"**{metric}**"
-    loss = r.final_train_loss
-    loss = f"{loss:.4g}" if math.isfinite(loss) else "diverged"
-    line = (f"| {r.optimizer} | {r.learning_rate:.3g} | {loss} | {metric} | "
-            f"{r.seconds:.1f} | {r.cpu_seconds:.1f} | {r.step_ms:.1f} |")
-    if rate:
-      ips = r.items_per_second
-      line += f" {ips:,.0f} |" if math.isfinite(ips) else " - |"
-    if reach:
-      line += (f" {r.steps_to_target} |" if r.steps_to_target is not None
-               else " not reached |")
-    lines.append(line)
-  return "\n".join(lines)
-
-
-def pick_target(results: list[training.RunResult], explicit: float | None,
-                lr_sweep: bool = False) -> dict:
-  """The training-loss target of ``steps_to_target``: ``explicit`` if given;
-  else AdamW's final train loss when exactly one adamw run is in
-  ``results``; else the highest finite final train loss (the loss every run
-  reached); none for a learning-rate sweep without ``explicit``.
-
-  Returns:
-    ``{"value": float or None, "source": str}``.
-  """
-  if explicit is not None:
-    return {"value": float(explicit), "source": "--target-loss"}
-  if lr_sweep:
-    return {"value": None, "source": "none (learning-rate sweep)"}
-  adamw = [r for r in results if r.optimizer == "adamw"]
-  if len(adamw) == 1 and math.isfinite(adamw[0].final_train_loss):
-    return {"value": adamw[0].final_train_loss,
-            "source": "adamw final_train_loss"}
-  finite = [r.final_train_loss for r in results
-            if math.isfinite(r.final_train_loss)]
-  if finite:
-    return {"value": max(finite), "source": "highest final_train_loss"}
-  return {"value": None, "source": "none (every run diverged)"}
-
-
-def _smooth(values, weight: float):
-  """Exponential moving average (debiased), for noisy mini-batch losses."""
-  out, avg = [], 0.0
-  for i, v in enumerate(values, 1):
-    avg = weight * avg + (1 - weight) * v
-    out.append(avg / (1 - weight ** i))
-  return out
-
-
-def plot_curves(task: training.Task, results: list[training.RunResult],
-                out: Path) -> list[Path]:
-  """``<task>_loss.png`` (training loss) and ``<task>_<metric>.png``."""
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  paths = []
-  fig, ax = plt.subplots(figsize=(6.4, 4.2))
-  weight = 0.0 if task.name == "implicit" else 0.9
-  for r in results:
-    steps = [s for s, v in r.history if math.isfinite(v)]
-    losses = [v for _, v in r.history if math.isfinite(v)]
-    if losses:
-      ax.plot(steps, _smooth(losses, weight), label=r.optimizer, lw=1.4)
-  ax.set_yscale("log")
-  ax.set_xlabel("step")
-  ax.set_ylabel("training loss" + (" (EMA 0.9)" if weight else ""))
-  ax.set_title(f"{task.name}: training loss")
-  ax.grid(alpha=0.3, which="both")
-  ax.legend()
-  fig.tight_layout()
-  paths.append(out / f"{task.name}_loss.png")
-  fig.savefig(paths[-1], dpi=120)
-  plt.close(fig)
-
-  fig, ax = plt.subplots(figsize=(6.4, 4.2))
-  for r in results:
-    pts = [(s, v) for s, v in r.eval_history if math.isfinite(v)]
-    if pts:
-      ax.plot(*zip(*pts), marker="o", ms=3, label=r.optimizer, lw=1.4)
-  ax.set_xlabel("step")
-  ax.set_ylabel(task.metric)
-  ax.set_title(f"{task.name}: {task.metric}")
-  ax.grid(alpha=0.3)
-  ax.legend()
-  fig.tight_layout()
-  paths.append(out / f"{task.name}_{task.metric}.png")
-  fig.savefig(paths[-1], dpi=120)
-  plt.close(fig)
-  return paths
-
-
-def plot_sweep(task: training.Task, results: list[training.RunResult],
-               out: Path) -> Path:
-  """``<task>_lr_sweep.png``: final metric against learning rate."""
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  fig, ax = plt.subplots(figsize=(6.4, 4.2))
-  by_name: dict[str, list[training.RunResult]] = {}
-  for r in results:
-    by_name.setdefault(r.optimizer, []).append(r)
-  finite = [r.eval_metric for r in results if math.isfinite(r.eval_metric)]
-  floor = min(finite) if finite else 0.0
-  for name, runs in by_name.items():
-    runs = sorted(runs, key=lambda r: r.learning_rate)
-    xs = [r.learning_rate for r in runs]
-    ys = [r.eval_metric if math.isfinite(r.eval_metric) else math.nan
-          for r in runs]
-    (line,) = ax.plot(xs, ys, marker="o", label=name, lw=1.4)
-    bad = [x for x, y in zip(xs, ys) if not math.isfinite(y)]
-    if bad:
-      ax.plot(bad, [floor] * len(bad), "x", color=line.get_color(), ms=8,
-              label=f"{name} diverged")
-  ax.set_xscale("log")
-  ax.set_xlabel("learning rate")
-  ax.set_ylabel(f"final {task.metric}")
-  ax.set_title(f"{task.name}: learning-rate sensitivity")
-  ax.grid(alpha=0.3, which="both")
-  ax.legend()
-  fig.tight_layout()
-  path = out / f"{task.name}_lr_sweep.png"
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-  return path
-
-
-def to_json_text(record: dict) -> str:
-  """``record`` as indented JSON with each ``[step, value]`` pair on one
-  line."""
-  text = json.dumps(record, indent=1)
-  number = r"(-?[0-9][0-9.eE+-]*|null)"
-  return re.sub(rf"\[\s+{number},\s+{number}\s+\]", r"[\1, \2]",
-                text) + "\n"
-
-
-def _machine() -> str:
-  import jax
-
-  backend = jax.default_backend()
-  accel = "" if backend == "cpu" else (
-      f", {jax.device_count()} x {jax.devices()[0].device_kind}")
-  return (f"{platform.machine()} CPU x{os.cpu_count()}{accel}, "
-          f"JAX {jax.__version__} {backend}")
-
-
-def _load_average() -> float | None:
-  """The 1-minute load average (other processes slow the timings down)."""
-  try:
-    return round(os.getloadavg()[0], 2)
-  except (AttributeError, OSError):
-    return None
-
-
-def _checkpoints(args, task, steps, name, lr, options
-                 ) -> Checkpoints | None:
-  """The checkpoints of one run (``--checkpoint-dir``/NAME, with the
-  learning rate in a sweep), or ``None``. What must match for a resume to
-  continue the same run goes into its config."""
-  if args.checkpoint_dir is None:
-    return None
-  folder = name if not args.lr_sweep else f"{name}@lr={lr:g}"
-  return Checkpoints(
-      Path(args.checkpoint_dir) / folder.replace(os.sep, "_"),
-      every=args.checkpoint_every, keep=args.checkpoint_keep,
-      resume=args.resume, config={
-          "task": task.name, "task_options": {
-              k: training._jsonable(v) for k, v in task.options.items()},
-          "optimizer": name, "learning_rate": lr,
-          "options": {k: training._jsonable(v) for k, v in options.items()},
-          "steps": steps, "seed": args.seed, "warmup": task.warmup,
-          "cooldown": task.cooldown, "qk_clip": args.qk_clip,
-          "data_dir": args.data_dir})
-
-
 def main(argv=None) -> dict:
   """Runs the comparison; returns what it writes to ``results.json``."""
   args, plan = parse_args(argv)
-  module = tasks.get(args.task)
-  kwargs = {}
-  if args.preset is not None:
-    kwargs["preset"] = args.preset
-  if args.seq_len is not None:
-    kwargs["seq_len"] = args.seq_len
-  if args.batch_size is not None:
-    kwargs["batch_size"] = args.batch_size
-  if args.dtype != "float32":
-    kwargs["compute_dtype"] = args.dtype
   try:
-    task = module.make_task(data_dir=args.data_dir, tiny=args.tiny, **kwargs)
-  except (DataError, ValueError, FileNotFoundError, NotADirectoryError) as e:
-    # DataError: a --data-dir the task cannot read; ValueError: e.g. a preset
-    # that needs a --data-dir.
+    task = runs.make_task(
+        args.task, data_dir=args.data_dir, tiny=args.tiny, preset=args.preset,
+        seq_len=args.seq_len, batch_size=args.batch_size, dtype=args.dtype,
+        warmup=args.warmup, cooldown=args.cooldown)
+  except runs.SetupError as e:
     raise SystemExit(f"compare.py: error: {e}") from None
   steps = args.steps or task.default_steps
-  task = dataclasses.replace(
-      task,
-      warmup=task.warmup if args.warmup is None else args.warmup,
-      cooldown=task.cooldown if args.cooldown is None else args.cooldown)
+  settings = runs.Settings(
+      steps=steps, seed=args.seed, num_evals=args.num_evals,
+      progress=args.progress, qk_clip=args.qk_clip, data_dir=args.data_dir,
+      lr_sweep=args.lr_sweep, checkpoint_dir=args.checkpoint_dir,
+      checkpoint_every=args.checkpoint_every,
+      checkpoint_keep=args.checkpoint_keep, resume=args.resume)
   out = Path(args.out or f"results/{args.task}")
   out.mkdir(parents=True, exist_ok=True)
-
-  jobs = []  # (name, learning rate, options)
-  for name, (lr, options) in plan.items():
-    if args.lr_sweep:
-      grid = args.lr_grid or getattr(module, "LR_GRID", None) or (
-          1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)
-      jobs += [(name, g, options) for g in grid]
-    else:
-      jobs.append((name, lr or opt_registry.default_lr(
-          name, task.learning_rates, options), options))
+  jobs = runs.plan_jobs(plan, task, runs.sweep_grid(
+      args.task, args.lr_grid) if args.lr_sweep else None)
 
   print(f"task {task.name}: {task.summary}")
   print(f"{steps} steps (warmup {task.warmup:g}, cooldown {task.cooldown:g}),"
-        f" seed {args.seed}, {_machine()}")
-  # How the optimizers route every leaf of this model (shapes only).
-  print(om.describe(nnx.state(nnx.eval_shape(
-      lambda: task.make_model(nnx.Rngs(args.seed))), nnx.Param),
-      group_layers=True))
-  adamw_lr = task.learning_rates["adamw"]
-  load_before = _load_average()
+        f" seed {args.seed}, {report.machine()}")
+  print(runs.routing(task, args.seed))
+  load_before = report.load_average()
   wall_start, cpu_start = time.perf_counter(), time.process_time()
-  results = []
-  for name, lr, options in jobs:
-    tx = opt_registry.build(name, lr, options, adamw_learning_rate=adamw_lr)
-    try:
-      checkpoints = _checkpoints(args, task, steps, name, lr, options)
-    except ValueError as e:  # a folder of another run
-      raise SystemExit(f"compare.py: error: {e}") from None
-    try:
-      result = training.train(
-          task, tx, steps=steps, seed=args.seed, name=name, learning_rate=lr,
-          options=options, num_evals=args.num_evals, progress=args.progress,
-          qk_clip=args.qk_clip, checkpoints=checkpoints)
-    except ValueError as e:
-      if not str(e).startswith("--resume"):
-        raise
-      raise SystemExit(f"compare.py: error: {e}") from None
-    if result.resumed_from is not None:
-      print(f"  {name}: resumed from step {result.resumed_from}")
-    results.append(result)
-    rate = (f", {result.items_per_second:,.0f} {task.item_name}/s"
-            if math.isfinite(result.items_per_second) else "")
-    logit = ""
-    if result.max_logit_history:
-      top = max(v for _, v in result.max_logit_history)
-      logit = f", max attention logit {top:.1f}"
-    print(f"  {name} lr={lr:.3g}: final train loss "
-          f"{result.final_train_loss:.4f}, {task.metric} "
-          f"{result.eval_metric:.4f} ({result.seconds:.1f} s{rate}{logit})",
-          flush=True)
+  try:
+    results = runs.run_jobs(task, jobs, settings)
+  except runs.SetupError as e:
+    raise SystemExit(f"compare.py: error: {e}") from None
 
-  target = pick_target(results, args.target_loss, args.lr_sweep)
-  for r in results:
-    r.steps_to_target = training.steps_to_target(r.history, target["value"])
-  table = format_table(task, results, target["value"])
+  target = report.pick_target(results, args.target_loss, args.lr_sweep)
+  report.score(results, target)
+  table = report.format_table(task, results, target["value"])
   print()
   print(table)
   print(f"\ntotal {time.perf_counter() - wall_start:.1f} s wall, "
         f"{time.process_time() - cpu_start:.1f} s CPU")
-  record = {
-      "task": task.name,
-      "steps": steps,
-      "runs": [r.to_json() for r in results],
-      "seed": args.seed,
-      "warmup": task.warmup,
-      "cooldown": task.cooldown,
-      "summary": task.summary,
-      "options": {k: training._jsonable(v) for k, v in task.options.items()},
-      "target_loss": {
-          "value": training._finite_or_none(target["value"])
-          if target["value"] is not None else None,
-          "source": target["source"],
-          "smoothing": f"mean of the last {training.FINAL_LOSS_WINDOW} "
-                       "steps' losses"},
-      "machine": _machine(),
-      "load_average": [load_before, _load_average()],
-      "command": "python examples/compare.py " + shlex.join(
-          sys.argv[1:] if argv is None else list(argv)),
-      "lr_sweep": bool(args.lr_sweep),
-      "qk_clip": args.qk_clip,
-      "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-  }
-  (out / "results.json").write_text(to_json_text(record))
-  (out / "table.md").write_text(table + "\n")
-  if args.lr_sweep:
-    plots = [plot_sweep(task, results, out)]
-  else:
-    plots = plot_curves(task, results, out)
+  record = report.make_record(
+      task, steps, results, target, seed=args.seed, lr_sweep=args.lr_sweep,
+      qk_clip=args.qk_clip, load_before=load_before,
+      command="python examples/compare.py " + shlex.join(
+          sys.argv[1:] if argv is None else list(argv)))
+  plots = report.write(out, task, results, record, table, args.lr_sweep)
   print(f"\nwrote {out / 'results.json'}, " + ", ".join(map(str, plots)))
   return record
 

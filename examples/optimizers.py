@@ -13,6 +13,12 @@ Muon's update RMS match AdamW's (Liu et al., "Muon is Scalable for LLM
 Training", 2025, https://arxiv.org/abs/2502.16982). The AdamW part of every
 Muon-family optimizer (embeddings, output head, biases, norms) uses the task's
 AdamW learning rate unless ``adamw_learning_rate`` is given.
+
+Where the names come from: ``adamw``; every alias of the library's registry
+``om.ALIASES`` under its own name, at its defaults; the examples' presets
+below; and the presets a study adds with :func:`register` when it is
+imported (``examples/studies``: :func:`examples.studies.load` imports them,
+and ``compare.py`` calls it), so this module imports no study.
 """
 
 from __future__ import annotations
@@ -26,7 +32,6 @@ from typing import Any
 import optax
 
 import optax_muon as om
-from examples.studies.ogsign_spectral import ogsignmuon_spectral
 
 
 def adamw(learning_rate: optax.ScalarOrSchedule, *, b1: float = 0.9,
@@ -41,14 +46,12 @@ def adamw(learning_rate: optax.ScalarOrSchedule, *, b1: float = 0.9,
 
 Alias = Callable[..., optax.GradientTransformation]
 
-#: name -> (alias, default keyword arguments). One line per preset.
+#: name -> (alias, default keyword arguments). One line per preset; a study
+#: adds its own with :func:`register`.
 OPTIMIZERS: dict[str, tuple[Alias, dict[str, Any]]] = {
     "adamw": (adamw, {}),
-    "muon": (om.muon, {}),
-    "adamuon": (om.adamuon, {}),
-    "mommuon": (om.mommuon, {}),
-    "ogsignmuon": (om.ogsignmuon, {}),
-    "normuon": (om.normuon, {}),
+    # muon, adamuon, mommuon, ogsignmuon, normuon, muonh, normuonh, ...
+    **{name: (alias, {}) for name, alias in om.ALIASES.items()},
     # Polar Express coefficients (Amsel et al., 2025,
     # https://arxiv.org/abs/2505.16932).
     "muon_pe": (om.muon, {"ns_coeffs": "polar_express"}),
@@ -66,16 +69,9 @@ OPTIMIZERS: dict[str, tuple[Alias, dict[str, Any]]] = {
     "mommuon_every10": (om.mommuon, {"ns_every": 10}),
     "mommuon_every1": (om.mommuon, {"ns_every": 1}),
     "mommuon_norescale": (om.mommuon, {"ns_rescale": False}),
-    # OGSignMuon with Muon's spectral norm restored (study, not the library's:
-    # README "OGSignMuon: why it trails").
-    "ogsignmuon_spectral": (ogsignmuon_spectral, {}),
-    # Hyperball (Wen et al., 2025): each hidden matrix kept on the sphere of
-    # its initial norm, a step of relative size lr (benchmarks/
-    # steps_to_target.py).
-    "muonh": (om.muonh, {}),
-    "normuonh": (om.normuonh, {}),
-    # NorMuon + Polar Express + Hyperball: the stack steps_to_target.py
-    # measures as its "best stack" candidate.
+    # NorMuon + Polar Express + Hyperball (Wen et al., 2025: each hidden
+    # matrix kept on the sphere of its initial norm): the stack
+    # benchmarks/steps_to_target.py measures as its "best stack" candidate.
     "normuonh_pe": (om.normuonh, {"ns_coeffs": "polar_express"}),
 }
 
@@ -85,6 +81,56 @@ DEFAULT_OPTIMIZERS = ("adamw", "muon", "adamuon", "mommuon", "ogsignmuon")
 
 def _alias_name(alias: Alias) -> str:
   return alias.__name__
+
+
+def register(name: str, alias: Alias,
+             defaults: Mapping[str, Any] | None = None) -> None:
+  """Adds the preset ``name`` -> ``(alias, defaults)`` to :data:`OPTIMIZERS`.
+
+  For presets that live outside this module (a study's optimizer): the
+  study calls it when imported, e.g. ``register("ogsignmuon_spectral",
+  ogsignmuon_spectral)``. Registering the same function under the same name
+  again (a reloaded module) replaces the entry.
+
+  Args:
+    name: the name ``--optimizers`` takes; an identifier, not yet taken.
+    alias: ``alias(learning_rate, **kwargs)`` -> a GradientTransformation.
+    defaults: its default keyword arguments (checked against its
+      signature).
+
+  Raises:
+    ValueError: ``name`` is not an identifier or is taken by another
+      optimizer, ``alias`` is not callable, or ``defaults`` holds a keyword
+      ``alias`` does not accept.
+  """
+  if not name.isidentifier():
+    raise ValueError(
+        f"register({name!r}): an optimizer's name must be an identifier "
+        "(letters, digits, _; a ~TAG suffix is the command line's), e.g. "
+        "'muon_pe'.")
+  if not callable(alias):
+    raise ValueError(
+        f"register({name!r}, {alias!r}): the alias must be a function "
+        "alias(learning_rate, **kwargs) that returns an optax "
+        "GradientTransformation.")
+  defaults = dict(defaults or {})
+  if name in OPTIMIZERS:
+    old, _ = OPTIMIZERS[name]
+    same = (getattr(old, "__module__", None), getattr(old, "__qualname__",
+                                                      None))
+    if same != (getattr(alias, "__module__", None),
+                getattr(alias, "__qualname__", None)):
+      raise ValueError(
+          f"register({name!r}): the name is taken by "
+          f"{getattr(old, '__module__', '?')}."
+          f"{getattr(old, '__qualname__', old)}; choose another name.")
+  accepted = set(inspect.signature(alias).parameters) - {"learning_rate"}
+  unknown = sorted(set(defaults) - accepted)
+  if unknown:
+    raise ValueError(
+        f"register({name!r}): {_alias_name(alias)} does not accept "
+        f"{', '.join(unknown)}; it accepts: {', '.join(sorted(accepted))}.")
+  OPTIMIZERS[name] = (alias, defaults)
 
 
 def base_name(name: str) -> str:

@@ -1,5 +1,8 @@
-"""Tests of the examples: data readers, optimizer registry, compare.py."""
+"""Tests of the examples: data readers, optimizer registry, compare.py (its
+command line, the runs of examples/runs.py, the report of examples/report.py).
+"""
 
+import ast
 import dataclasses
 import json
 import math
@@ -15,7 +18,7 @@ import pytest
 from flax import nnx
 
 import optax_muon as om
-from examples import compare, tasks, training
+from examples import compare, report, studies, tasks, training
 from examples import optimizers as registry
 from examples.data import DataError, cifar10, fineweb, pydoc_text
 from examples.tasks import image, lm
@@ -203,6 +206,46 @@ def test_default_learning_rates_fall_back_sensibly():
       "ns_every": 10, "ns_beta": 0.0}
 
 
+def test_registry_reads_the_library_aliases_and_imports_no_study():
+  # Every alias of the library's registry, under its name, at its defaults.
+  for name, alias in om.ALIASES.items():
+    assert registry.OPTIMIZERS[name] == (alias, {}), name
+  assert set(registry.DEFAULT_OPTIMIZERS) <= set(registry.OPTIMIZERS)
+  # The registry module imports no study ...
+  source = ast.parse(open(registry.__file__).read())
+  imported = [n.module or "" for n in ast.walk(source)
+              if isinstance(n, ast.ImportFrom)] + [
+                  a.name for n in ast.walk(source)
+                  if isinstance(n, ast.Import) for a in n.names]
+  assert "optax_muon" in imported
+  assert not [m for m in imported if m.startswith("examples")], imported
+  # ... the study registers itself, and compare.py's --optimizers offers it.
+  studies.load()
+  from examples.studies import ogsign_spectral
+  assert registry.OPTIMIZERS["ogsignmuon_spectral"] == (
+      ogsign_spectral.ogsignmuon_spectral, {})
+  assert "ogsignmuon_spectral" in compare.build_parser().format_help()
+  compare.parse_args(["--task", "lm", "--optimizers", "ogsignmuon_spectral"])
+
+
+def test_register_adds_a_preset_and_rejects_bad_ones(monkeypatch):
+  monkeypatch.setattr(registry, "OPTIMIZERS", dict(registry.OPTIMIZERS))
+  registry.register("muon_four", om.muon, {"ns_steps": 4})
+  assert registry.options_for("muon_four~x") == {"ns_steps": 4}
+  registry.register("muon_four", om.muon, {"ns_steps": 3})  # a reload
+  assert registry.OPTIMIZERS["muon_four"] == (om.muon, {"ns_steps": 3})
+  with pytest.raises(ValueError,
+                     match=r"register\('muon'\): .*taken by .*muon; choose"):
+    registry.register("muon", om.adamuon)
+  with pytest.raises(ValueError, match="'muon~x'.*identifier"):
+    registry.register("muon~x", om.muon)
+  with pytest.raises(ValueError, match="must be a function"):
+    registry.register("muon_x", "om.muon")
+  with pytest.raises(ValueError, match="does not accept bogus"):
+    registry.register("muon_x", om.muon, {"bogus": 1})
+  assert "muon_x" not in registry.OPTIMIZERS
+
+
 @pytest.mark.slow
 def test_presets_pass_their_options_to_the_alias():
   params = {"w": jnp.asarray(
@@ -239,6 +282,7 @@ def test_ogsignmuon_spectral_has_muons_spectral_norm_and_the_momentums_signs():
   def update(tx):
     return np.asarray(tx.update(grads, tx.init(params), params)[0]["w"])
 
+  studies.load()  # the study registers its optimizer
   got = update(registry.build("ogsignmuon_spectral", 0.1, {}, 1e-3))
   muon = update(om.muon(0.1, ns_dtype=jnp.float32))
   # 16 power iterations estimate each spectral norm to about 1%
@@ -617,6 +661,45 @@ def test_steps_to_target_uses_the_trailing_mean():
   assert training.steps_to_target(history, 0.5) is None
   assert training.steps_to_target(history, math.nan) is None
   assert training.steps_to_target([(1, math.nan)], 10.0) is None
+
+
+def _result(name, losses, metric, *, learning_rate=0.02):
+  return training.RunResult(
+      optimizer=name, learning_rate=learning_rate, options={},
+      history=list(enumerate(losses, 1)), eval_history=[(len(losses), metric)],
+      metric="psnr", seconds=1.0, step_ms=2.0, cpu_seconds=1.5)
+
+
+def test_report_picks_the_target_and_formats_the_table():
+  task = training.Task(
+      name="implicit", summary="", make_model=None, loss=None, batches=None,
+      evaluate=None, metric="psnr", higher_is_better=True,
+      learning_rates={"adamw": 0.01, "muon": 0.02}, default_steps=2)
+  adamw = _result("adamw", [3.0, 2.0], 30.0, learning_rate=0.01)
+  muon = _result("muon", [3.0, 1.0], 35.0)
+  bad = _result("muon~big", [3.0, math.nan], math.nan)
+  # --target-loss, else AdamW's final loss, else the highest finite one.
+  assert report.pick_target([adamw], 9.0, lr_sweep=True) == {
+      "value": 9.0, "source": "--target-loss"}
+  assert report.pick_target([adamw, muon, bad], None) == {
+      "value": 2.5, "source": "adamw final_train_loss"}
+  assert report.pick_target([muon, bad], None) == {
+      "value": 2.0, "source": "highest final_train_loss"}
+  assert report.pick_target([bad], None)["value"] is None
+  assert report.pick_target([adamw], None, lr_sweep=True)["value"] is None
+  target = report.pick_target([adamw, muon, bad], None)
+  report.score([adamw, muon, bad], target)
+  assert [r.steps_to_target for r in (adamw, muon, bad)] == [2, 2, None]
+  table = report.format_table(task, [adamw, muon, bad], target["value"])
+  rows = table.splitlines()
+  assert rows[0].endswith("| steps to 2.5 |")
+  assert rows[2].startswith("| adamw | 0.01 | 2.5 | 30.0000 | 1.0 | 1.5 |")
+  assert "| **35.0000** |" in rows[3]  # PSNR: higher is better
+  assert "| diverged | diverged |" in rows[4] and "not reached" in rows[4]
+  assert len({row.count("|") for row in rows}) == 1
+  text = report.to_json_text({"history": [[1, 2.5], [2, None]]})
+  assert "[1, 2.5]" in text and "[2, null]" in text
+  assert json.loads(text) == {"history": [[1, 2.5], [2, None]]}
 
 
 def _run(tmp_path, *argv):

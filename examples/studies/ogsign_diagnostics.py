@@ -36,7 +36,7 @@ from flax import nnx  # noqa: E402
 
 import optax_muon as om  # noqa: E402
 from examples import optimizers as opt_registry  # noqa: E402
-from examples import tasks, training  # noqa: E402
+from examples import studies, tasks, training  # noqa: E402
 
 BETA = 0.95
 
@@ -76,6 +76,7 @@ def main(argv=None):
   p.add_argument("--json", default=None)
   args = p.parse_args(argv)
 
+  studies.load()  # --optimizer may name a study's optimizer
   module = tasks.get(args.task)
   task = module.make_task()
   lr = args.lr or opt_registry.default_lr(args.optimizer, task.learning_rates)

@@ -5,8 +5,10 @@ study of issue 14; not part of the library, since it did not win).
 
   O = orthogonalize(M);   U = |O| * sign(M);   u = U * ||O||_2 / ||U||_2 * s
 
-``||.||_2`` by power iteration. Registered in ``examples/optimizers.py`` as
-``ogsignmuon_spectral``, e.g.::
+``||.||_2`` by power iteration. Importing this module registers it in
+``examples/optimizers.py`` as ``ogsignmuon_spectral`` (README "OGSignMuon:
+why it trails"); ``compare.py`` imports it through
+:func:`examples.studies.load`, e.g.::
 
   python examples/compare.py --task lm --optimizers ogsignmuon_spectral \\
       --lr ogsignmuon_spectral=0.04
@@ -21,6 +23,7 @@ import jax.numpy as jnp
 import optax
 
 import optax_muon as om
+from examples import optimizers
 from optax_muon import _newton_schulz, _skeleton
 
 
@@ -66,3 +69,6 @@ def ogsignmuon_spectral(
                                     eps=1e-8, weight_decay=0.0))
   return optax.multi_transform({"muon": muon_chain, "adamw": adamw},
                                om.muon_labels)
+
+
+optimizers.register("ogsignmuon_spectral", ogsignmuon_spectral)
