@@ -565,14 +565,15 @@ def test_zoo_transformer_trains_with_its_layout_bfloat16():
   _loss_falls(_models.CASES["equinox-scan"](), jnp.bfloat16)
 
 
-# --------------------------------------------------------- README recipes ----
+# -------------------------------------------- recipes of the routing guide ----
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROUTING = Path(__file__).resolve().parents[1] / "docs" / "guide" / "routing.md"
 
 
-def _readme_blocks():
-  """``name -> code`` of the README's blocks that start ``# recipe: name``."""
-  text = README.read_text()
+def _recipe_blocks():
+  """``name -> code`` of the routing guide's blocks that start
+  ``# recipe: name``."""
+  text = ROUTING.read_text()
   blocks = {}
   for m in re.finditer(r"```python\n(# recipe: ([\w-]+)\n.*?)```", text,
                        re.S):
@@ -581,16 +582,16 @@ def _readme_blocks():
 
 
 def _run_recipe(name, **namespace):
-  blocks, _ = _readme_blocks()
-  assert name in blocks, f"README has no '# recipe: {name}' block"
+  blocks, _ = _recipe_blocks()
+  assert name in blocks, f"{ROUTING} has no '# recipe: {name}' block"
   ns = {"jax": jax, "jnp": jnp, "om": om, "optax": optax} | namespace
-  exec(compile(blocks[name], f"README-{name}", "exec"), ns)
+  exec(compile(blocks[name], f"routing.md-{name}", "exec"), ns)
   layout = ns["layout"]
   assert isinstance(layout, om.Layout) and layout.fallbacks == {}
   return ns, layout
 
 
-def test_readme_recipe_plain_function_and_describe():
+def test_routing_recipe_plain_function_and_describe():
   ns, layout = _run_recipe("plain")
   for n in "qkv":  # (L, N, D, H), "btd,ndh->btnh" under a scan
     assert _axes(layout, f"layers/{n}") == _muon([2], [1, 3], [0])
@@ -599,36 +600,36 @@ def test_readme_recipe_plain_function_and_describe():
   assert _axes(layout, "layers/down") == _muon([2], [1], [0])
   assert _axes(layout, "layers/norm") == ADAMW
   assert _axes(layout, "embed") == ADAMW                       # tied
-  _, text = _readme_blocks()
+  _, text = _recipe_blocks()
   shown = re.search(r"```text\n(path .*? evidence\n.*?)```", text, re.S)
-  assert shown, "README has no describe table with an evidence column"
+  assert shown, f"{ROUTING} has no describe table with an evidence column"
   norm = lambda s: [re.sub(r"at \S+:\d+:\d+", "at L", line.rstrip())
                     for line in s.strip().splitlines()]
   assert norm(shown.group(1)) == norm(om.describe(ns["params"],
                                                   layout=layout))
 
 
-def test_readme_recipe_nnx():
+def test_routing_recipe_nnx():
   pytest.importorskip("flax.nnx")
   _, layout = _run_recipe("nnx")
   assert _axes(layout, "layers/0/kernel") == _muon([0], [1])
   assert layout["layers/2/kernel"].label == "adamw"  # the head
 
 
-def test_readme_recipe_linen():
+def test_routing_recipe_linen():
   _, layout = _run_recipe("linen")
   assert _axes(layout, "layers_0/kernel") == _muon([0], [1])
   assert layout["layers_2/kernel"].label == "adamw"  # the head
 
 
-def test_readme_recipe_equinox():
+def test_routing_recipe_equinox():
   pytest.importorskip("equinox")
   _, layout = _run_recipe("equinox")
   assert _axes(layout, "layers/0/weight") == _muon([1], [0])
   assert layout["layers/2/weight"].label == "adamw"  # the output layer
 
 
-def test_readme_recipe_hf_flax():
+def test_routing_recipe_hf_flax():
   pytest.importorskip("transformers")
   _, layout = _run_recipe("hf-flax")
   assert _axes(layout, "transformer/h/0/mlp/c_fc/kernel") == _muon([1], [0])
@@ -657,7 +658,7 @@ def _named_dot(x, w, out):
   return _NamedArray(jnp.einsum(spec, x.array, w.array), out)
 
 
-def test_readme_recipe_haliax():
+def test_routing_recipe_haliax():
   eqx = pytest.importorskip("equinox")
 
   class Model(eqx.Module):
