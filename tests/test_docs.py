@@ -23,10 +23,6 @@ INDEX = ROOT / "docs" / "index.md"
 #: Markdown files that GitHub renders but Sphinx does not build: their links
 #: are checked here.
 UNBUILT = ("README.md", "benchmarks/README.md", "benchmarks/SHARDING.md")
-#: Files another branch of issue 22 writes (refit-aliases: CONTRIBUTING.md).
-#: A link to one of them may dangle until that branch is merged; drop the
-#: name once it is.
-PENDING = {"CONTRIBUTING.md"}
 MAX_README_LINES = 200
 
 _FENCE = re.compile(r"^(```|~~~)")
@@ -79,8 +75,7 @@ def test_local_links_resolve(name):
   for file, anchor in _local_links(source):
     target = (source.parent / file).resolve() if file else source
     if not target.exists():
-      if target.relative_to(ROOT).as_posix() not in PENDING:
-        broken.append(f"{file}: no such file")
+      broken.append(f"{file}: no such file")
       continue
     if anchor and target.suffix == ".md" and anchor not in _anchors(target):
       broken.append(f"{file}#{anchor}: no such heading in {target.name}")
